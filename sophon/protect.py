@@ -1,0 +1,246 @@
+"""The SOPHON loop (DESIGN §1): fine-tuning suppression (FTS) then normal-training reinforcement
+(NTR), `total_loop` times, with periodic evaluation, a relative guard on the original metric,
+checkpoints and resumption.
+
+Run folder: args.json, metrics.jsonl, checkpoints/{last,final}.safetensors (+ .json sidecars).
+"""
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sophon import checkpoint
+from sophon.attack import Attack, finetune
+from sophon.simulate import Environment, Simulator
+from sophon.task import Task, draw_batch, move
+
+CLIP_NORM = 0.5  # DESIGN §1: the outer gradient's norm is clipped to 0.5
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class ProtectConfig:
+    alpha: float = 3.0  # FTS step = alpha * lr
+    beta: float = 5.0  # NTR step = beta * lr
+    lr: float = 1e-4
+    bs: int = 32  # NTR batch size
+    ml_loop: int = 1
+    nl_loop: int = 1
+    total_loop: int = 100
+    adaptation_steps: int = 5
+    test_iterval: int = 20
+    finetune_epochs: int = 1  # the short fine-tuning test at each evaluation
+    query_fraction: float = 0.1
+    envs: list[Environment] = field(default_factory=lambda: [Environment()])
+    guard: float = 0.9  # relative floor of the original metric; 0 disables the guard
+    guard_action: str = "stop"  # or "decay": halve alpha and go on
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProtectConfig":
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        d["envs"] = [Environment(**e) for e in d.get("envs", [{}])]
+        return cls(**d)
+
+
+def batchnorm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: b.clone() for n, b in model.named_buffers()
+            if n.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def restore_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    buffers = dict(model.named_buffers())
+    for n, b in saved.items():
+        buffers[n].copy_(b)
+
+
+def within_guard(task: Task, value: float, reference: float, floor: float) -> bool:
+    if floor <= 0 or not math.isfinite(reference):
+        return math.isfinite(value)
+    if task.original_higher_is_better:
+        return value >= floor * reference
+    return value <= reference / floor  # lower is better (perplexity, MSE): allow 1/floor growth
+
+
+class Protector:
+    """Owns the optimizers and state of one SOPHON run; `run()` executes the remaining iterations."""
+
+    def __init__(self, model: nn.Module, task: Task, config: ProtectConfig, run_dir: str | Path,
+                 meta: dict | None = None):
+        self.model, self.task, self.config = model, task, config
+        self.run_dir = Path(run_dir)
+        self.meta = meta or {}
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.fts_opt = torch.optim.Adam(params, lr=config.alpha * config.lr)
+        self.ntr_opt = torch.optim.Adam(params, lr=config.beta * config.lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.simulator = Simulator(task, config.adaptation_steps, config.query_fraction, self.generator)
+        self.iteration = 0
+        self.reference: dict[str, float] = {}  # original metrics before SOPHON
+        self.good_state = copy.deepcopy(model.state_dict())
+        self.status = "running"
+
+    # ---- one iteration ---------------------------------------------------------------------
+    def fts_step(self) -> dict:
+        saved = batchnorm_buffers(self.model)
+        self.model.train()
+        total: dict[str, torch.Tensor] = {}
+        suppression, finetune_loss = 0.0, 0.0
+        for env in self.config.envs:
+            result = self.simulator.suppression_gradient(self.model, env)
+            for n, g in result.gradient.items():
+                total[n] = total[n] + g if n in total else g
+            suppression += result.suppression_loss
+            finetune_loss += result.finetune_loss
+        n_env = len(self.config.envs)
+        suppression /= n_env
+        if not math.isfinite(suppression):
+            raise NonFiniteLossError(f"suppression loss is {suppression}")
+        self.fts_opt.zero_grad(set_to_none=True)
+        for n, p in self.model.named_parameters():
+            if n in total:
+                p.grad = total[n] / n_env
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.grad is not None], CLIP_NORM)
+        self.fts_opt.step()
+        restore_buffers(self.model, saved)
+        return {"suppression_loss": suppression, "finetune_loss": finetune_loss / n_env,
+                "fts_grad_norm": float(grad_norm)}
+
+    def ntr_step(self) -> dict:
+        self.model.train()
+        batch = move(draw_batch(self.task.original_train, self.config.bs, self.generator), self.task.device)
+        self.ntr_opt.zero_grad(set_to_none=True)
+        loss = self.task.original_loss(self.model, batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"original-domain loss is {loss.item()}")
+        loss.backward()
+        self.ntr_opt.step()
+        return {"original_loss": loss.item()}
+
+    def evaluate(self) -> dict:
+        self.model.eval()
+        metrics = {f"original_{k}": v for k, v in self.task.evaluate_original(self.model).items()}
+        if self.config.finetune_epochs > 0:
+            attack = Attack(optimizer=self.config.envs[0].optimizer, lr=self.config.envs[0].lr,
+                            batch_size=self.config.envs[0].batch_size, epochs=self.config.finetune_epochs)
+            curve = finetune(self.model, self.task, attack, seed=self.config.seed, progress=False)
+            metrics[f"finetuned_{self.task.restricted_metric}"] = curve[-1][self.task.restricted_metric]
+        return metrics
+
+    # ---- persistence -----------------------------------------------------------------------
+    def save(self, name: str) -> Path:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        meta = dict(self.meta, iteration=self.iteration, status=self.status, reference=self.reference,
+                    config=self.config.to_dict())
+        for prefix, opt in (("fts_opt", self.fts_opt), ("ntr_opt", self.ntr_opt)):
+            t, scalars = checkpoint.optimizer_tensors(opt, prefix)
+            tensors.update(t)
+            meta[prefix] = scalars
+        tensors["generator_state"] = self.generator.get_state()
+        return checkpoint.save(self.run_dir / "checkpoints" / name, tensors, meta)
+
+    def restore(self, name: str | Path) -> None:
+        tensors, meta = checkpoint.load(name if Path(name).is_absolute() else self.run_dir / "checkpoints" / name)
+        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(state)
+        for prefix, opt in (("fts_opt", self.fts_opt), ("ntr_opt", self.ntr_opt)):
+            checkpoint.restore_optimizer(opt, prefix, tensors, meta[prefix])
+        self.generator.set_state(tensors["generator_state"].cpu())
+        self.iteration = meta["iteration"]
+        self.reference = meta.get("reference", {})
+        self.good_state = copy.deepcopy(self.model.state_dict())
+        self.status = "running"
+        self._drop_metrics_after(self.iteration)
+
+    def _drop_metrics_after(self, iteration: int) -> None:
+        """Forget logged iterations the checkpoint does not hold (they will be run again)."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            lines = [l for l in path.read_text().splitlines() if l.strip()]
+            kept = [l for l in lines if json.loads(l).get("iteration", 0) <= iteration]
+            path.write_text("".join(l + "\n" for l in kept))
+
+    def log(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ---- the loop --------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.reference:
+            self.model.eval()
+            self.reference = {f"original_{k}": v for k, v in self.task.evaluate_original(self.model).items()}
+            self.log({"iteration": 0, **self.reference})
+            self.save("last")
+        watched = f"original_{self.task.original_metric}"
+        bar = tqdm(range(self.iteration + 1, cfg.total_loop + 1), desc="SOPHON", initial=self.iteration,
+                   total=cfg.total_loop, dynamic_ncols=True)
+        for it in bar:
+            start = time.perf_counter()
+            record: dict = {"iteration": it}
+            try:
+                for _ in range(cfg.ml_loop):
+                    record.update(self.fts_step())
+                for _ in range(cfg.nl_loop):
+                    record.update(self.ntr_step())
+            except KeyboardInterrupt:
+                # Keep every finished iteration: save where we are, then let the interrupt through.
+                self.status = "interrupted"
+                self.save("last")
+                raise
+            except NonFiniteLossError as err:
+                self.model.load_state_dict(self.good_state)
+                self.status = "nan"
+                self.log({"iteration": it, "error": str(err)})
+                raise NonFiniteLossError(
+                    f"{err} at iteration {it}; the model was reset to the last good state, saved as "
+                    f"{self.run_dir / 'checkpoints' / 'last.safetensors'} (iteration {self.iteration}). "
+                    "Lower --alpha or --lr, or resume with --resume after changing them.") from None
+            self.iteration = it
+            record["seconds"] = time.perf_counter() - start
+            if it % cfg.test_iterval == 0 or it == cfg.total_loop:
+                record.update(self.evaluate())
+                if within_guard(self.task, record[watched], self.reference[watched], cfg.guard):
+                    self.good_state = copy.deepcopy(self.model.state_dict())
+                    self.save("last")
+                else:
+                    record["guard"] = (f"{watched} {record[watched]:.4g} crossed the floor "
+                                       f"{cfg.guard} x {self.reference[watched]:.4g}")
+                    self.model.load_state_dict(self.good_state)
+                    if cfg.guard_action == "stop":
+                        self.status = "guard_stopped"
+                        self.log(record)
+                        break
+                    for group in self.fts_opt.param_groups:
+                        group["lr"] *= 0.5
+            self.log(record)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
+                             if k in ("suppression_loss", "original_loss") or k.startswith("finetuned_")})
+        if self.status == "running":
+            self.status = "finished"
+        self.save("final")
+        return {"status": self.status, "iteration": self.iteration, "reference": self.reference}
+
+
+def protect(model: nn.Module, task: Task, config: ProtectConfig, run_dir: str | Path,
+            meta: dict | None = None, resume: bool = False) -> dict:
+    """Make `model` non-fine-tunable on the task's restricted domain, in place. Returns a summary."""
+    protector = Protector(model, task, config, run_dir, meta)
+    if resume:
+        protector.restore("last")
+    return protector.run()
