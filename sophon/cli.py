@@ -1,0 +1,73 @@
+"""Command-line flags shared by the scripts, with the paper's names (DESIGN §2).
+
+Flags default to None so that a per-arch preset (setting.PRESETS) can fill what the user left unset;
+GLOBAL_DEFAULTS fills the rest.
+"""
+
+import argparse
+import json
+import sys
+
+import torch
+
+GLOBAL_DEFAULTS = dict(
+    alpha=3.0, beta=5.0, lr=1e-4, fast_lr=1e-4, bs=32, ml_loop=1, nl_loop=1, total_loop=100,
+    adaptation_steps=5, test_iterval=20, finetune_epochs=1, truly_finetune_epochs=5, finetune_lr=1e-4,
+    finetune_bs=32, attacks="sgd", envs=0, guard=0.9, guard_action="stop", query_fraction=0.1, seed=0,
+)
+
+
+def base_parser(description: str, losses: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("what to protect")
+    g.add_argument("--arch", default=None, help="model architecture (see README for the list)")
+    g.add_argument("--dataset", default=None, help="restricted domain")
+    g.add_argument("--original", default=None, help="original domain")
+    g.add_argument("--pretrained", default=None, help="pre-trained weights: a file, a save_pretrained folder or a hub id")
+    g.add_argument("--data_root", default=None, help="folder holding local copies of the real datasets")
+    g.add_argument("--root", default="results", help="where run folders are written")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda when available)")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--notes", default="", help="free text stored in args.json")
+    if losses:
+        g.add_argument("--loss", default=losses[0], choices=losses, help="suppression loss")
+    s = p.add_argument_group("SOPHON loop (paper flag names)")
+    for flag, kind, text in [
+        ("alpha", float, "FTS step size = alpha * lr"), ("beta", float, "NTR step size = beta * lr"),
+        ("lr", float, "base learning rate"), ("fast_lr", float, "simulated fine-tuning lr (fixed environment)"),
+        ("bs", int, "batch size"), ("ml_loop", int, "FTS steps per iteration"),
+        ("nl_loop", int, "NTR steps per iteration"), ("total_loop", int, "iterations"),
+        ("adaptation_steps", int, "inner fine-tuning steps K"), ("test_iterval", int, "evaluate every N iterations"),
+        ("finetune_epochs", int, "epochs of the short fine-tuning test during the run"),
+        ("truly_finetune_epochs", int, "epochs of the final fine-tuning attack"),
+        ("finetune_lr", float, "lr of the final plain-SGD attack"), ("finetune_bs", int, "attack batch size"),
+        ("envs", int, "0: one fixed plain-SGD environment at --fast_lr; N: sample N environments"),
+        ("guard", float, "stop when the original metric falls below this fraction of its start (0: off)"),
+        ("query_fraction", float, "query share of each simulated batch"),
+    ]:
+        s.add_argument(f"--{flag}", type=kind, default=None, help=text)
+    s.add_argument("--guard_action", default=None, choices=("stop", "decay"))
+    s.add_argument("--attacks", default=None,
+                   help="final attacks, comma-separated optimizer[:lr], e.g. sgd,adam:1e-4,sgd-momentum:1e-3")
+    s.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    return p
+
+
+def resolve(args: argparse.Namespace, presets: dict, argv: list[str] | None = None) -> argparse.Namespace:
+    """Fill flags left unset from the arch's preset, then from GLOBAL_DEFAULTS."""
+    preset = presets.get(args.arch, {})
+    for key, value in {**GLOBAL_DEFAULTS, **preset}.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, preset.get(key, value))
+    args.command = " ".join(argv if argv is not None else sys.argv)
+    return args
+
+
+def device_of(args) -> torch.device:
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
+def args_to_json(args) -> str:
+    return json.dumps({k: v for k, v in vars(args).items()}, indent=2, default=str)

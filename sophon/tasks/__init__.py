@@ -1,0 +1,29 @@
+"""Settings: each module here turns command-line arguments into a `Task` and models.
+
+A setting module exposes
+    ARCHS     the --arch names it serves
+    PRESETS   {arch: {flag: default}} for flags left unset on the command line
+    add_arguments(parser)                 its own extra flags (may add nothing)
+    build_task(args, suppression) -> Task
+    build_model(args, start) -> nn.Module  start "normal" (pre-trained) or "scratch" (same arch, random)
+"""
+
+import importlib
+
+SETTING_ARCHS = {
+    "text": ("tiny-gpt2", "gpt2", "smollm2"),
+    "image": ("cnn", "res18", "res34", "res50", "vgg", "caformer"),
+    "diffusion": ("unet-tiny", "unet-paper"),
+}
+
+
+def all_archs(kind: str | None = None) -> list[str]:
+    return [a for k, archs in SETTING_ARCHS.items() if kind in (None, k) for a in archs]
+
+
+def setting_for(arch: str, kind: str | None = None):
+    """The setting module serving `--arch`; `kind` restricts the search (classification scripts)."""
+    for name, archs in SETTING_ARCHS.items():
+        if kind in (None, name) and arch in archs:
+            return importlib.import_module(f"sophon.tasks.{name}")
+    raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(all_archs(kind))}")
