@@ -71,3 +71,56 @@ def device_of(args) -> torch.device:
 
 def args_to_json(args) -> str:
     return json.dumps({k: v for k, v in vars(args).items()}, indent=2, default=str)
+
+
+def _setting_parser(description: str, argv, losses=(), kind=None, extra=None, default_arch="tiny-gpt2"):
+    """Two passes: --arch picks the setting, whose own flags are then added and parsed."""
+    from sophon.tasks import setting_for
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = base_parser(description, losses)
+    if extra:
+        extra(parser)
+    known, _ = parser.parse_known_args(argv)
+    arch = known.arch or default_arch
+    try:
+        setting = setting_for(arch, kind)
+    except ValueError as err:
+        parser.error(str(err))
+    setting.add_arguments(parser)
+    return parser, setting, argv
+
+
+def classification_main(description: str, losses: tuple[str, ...], argv=None):
+    """inverse_loss.py and kl_uniform_loss.py: the same run, a different suppression loss."""
+    from sophon.experiment import protect_and_test
+
+    parser, setting, argv = _setting_parser(description, argv, losses, kind=None)
+    args = parser.parse_args(argv)
+    args.arch = args.arch or "tiny-gpt2"
+    resolve(args, setting.PRESETS, argv)
+    return protect_and_test(args, args.loss, setting)
+
+
+def finetune_test_main(description: str, argv=None):
+    from sophon.experiment import STARTS, finetune_test
+
+    def extra(p):
+        p.add_argument("--start", default="sophon", choices=STARTS, help="where fine-tuning starts")
+        p.add_argument("--path", default=None, help="SOPHON checkpoint (.safetensors) for --start sophon")
+
+    parser, setting, argv = _setting_parser(description, argv, extra=extra)
+    args = parser.parse_args(argv)
+    args.arch = args.arch or "tiny-gpt2"
+    resolve(args, setting.PRESETS, argv)
+    return finetune_test(args, setting, args.start, args.path)
+
+
+def pretrain_main(description: str, argv=None):
+    parser, setting, argv = _setting_parser(description, argv)
+    setting.add_pretrain_arguments(parser)
+    args = parser.parse_args(argv)
+    args.arch = args.arch or "tiny-gpt2"
+    resolve(args, setting.PRESETS, argv)
+    args.device = str(device_of(args))
+    return setting.pretrain(args)

@@ -1,0 +1,10 @@
+"""Fine-tuning attack alone, from a normal pre-trained model, a SOPHON checkpoint, or scratch.
+
+    python classification/finetune_test.py --start sophon --path results/ice/.../checkpoints/final.safetensors
+    python classification/finetune_test.py --start normal --attacks sgd,adam:1e-3
+"""
+
+from sophon.cli import finetune_test_main
+
+if __name__ == "__main__":
+    finetune_test_main(__doc__)

@@ -1,0 +1,1 @@
+"""Model registry: HF causal LMs (text), torchvision/timm classifiers (images), diffusers UNets."""

