@@ -1,0 +1,255 @@
+"""Image classification setting (the SOPHON paper's main one): a classifier pre-trained on an
+original domain (ImageNette in the paper, FASHION offline) is made non-fine-tunable on a restricted
+domain (CIFAR-10, CINIC, SVHN, STL, MNIST; DIGITS offline).
+
+The attacker brings a fresh head for the restricted classes (`learner`), trains everything with
+cross-entropy, and is measured by test accuracy. SOPHON's suppression loss is ICE or KLU on the
+learner's logits.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sophon import checkpoint
+from sophon.data.images import IMAGE_DATASETS, NUM_CLASSES, load_image_dataset
+from sophon.losses import CLASSIFICATION_LOSSES
+from sophon.models.vision import (IMAGE_ARCHS, build_classifier, input_normalisation, load_weights, read_weights,
+                                  torchvision_weights)
+from sophon.task import replace_head
+
+ARCHS = IMAGE_ARCHS
+PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "classification" / "pretrained"
+
+# The embedded pair: FASHION -> DIGITS on 2 CPU cores. Attacks: the default plain SGD at
+# --finetune_lr, then Adam and SGD with momentum at their usual learning rates.
+_EMBEDDED = dict(
+    dataset="DIGITS", original="FASHION", train_size=300, original_size=20000, test_size=None,
+    alpha=3.0, beta=5.0, lr=1e-3, fast_lr=1e-2, bs=64, total_loop=300, adaptation_steps=5, test_iterval=50,
+    finetune_epochs=1, truly_finetune_epochs=10, finetune_lr=1e-2, finetune_bs=32,
+    attacks="sgd,adam:1e-3,sgd-momentum:1e-2", pretrain_epochs=4, pretrain_lr=3e-3, pretrain_bs=128,
+)
+# The paper's pair: ImageNette -> CIFAR-10 (any --dataset of IMAGE_DATASETS), 20 fine-tuning epochs.
+_PAPER = dict(
+    dataset="CIFAR10", original="IMAGENETTE", img_size=32, alpha=3.0, beta=5.0, lr=1e-4, fast_lr=1e-4, bs=128,
+    total_loop=200, adaptation_steps=50, test_iterval=20, truly_finetune_epochs=20, finetune_lr=1e-4,
+    finetune_bs=128, attacks="sgd,adam:1e-4,sgd-momentum:1e-3", pretrain_epochs=30, pretrain_lr=1e-3,
+    pretrain_bs=128,
+)
+PRESETS = {
+    "cnn": dict(_EMBEDDED, img_size=28),
+    "res18": dict(_EMBEDDED, img_size=32, original_size=10000, test_size=2000, total_loop=150, test_iterval=50,
+                  pretrain_epochs=2),
+    "res34": dict(_PAPER),
+    "res50": dict(_PAPER),
+    "vgg": dict(_PAPER, pretrain_lr=1e-4),
+    "caformer": dict(_PAPER, img_size=224, bs=32, finetune_bs=32, pretrain_lr=1e-4),
+}
+# Flags of this setting that the shared parser does not define (None: from PRESETS).
+OWN_DEFAULTS = dict(img_size=32, train_size=None, original_size=None, test_size=None, download=False,
+                    cnn_width=16, pretrain_epochs=3, pretrain_lr=1e-3, pretrain_bs=128, force=False,
+                    data_root=None, pretrained=None, seed=0, device="auto")
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("image setting")
+    g.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR10/SVHN/STL/MNIST")
+    g.add_argument("--img_size", type=int, default=None, help="input resolution every set is resized to")
+    g.add_argument("--train_size", type=int, default=None,
+                   help="restricted training examples the attacker has (a fixed random subset; all if unset)")
+    g.add_argument("--original_size", type=int, default=None, help="original-domain training subset")
+    g.add_argument("--test_size", type=int, default=None, help="test subset of both domains (all if unset)")
+    g.add_argument("--cnn_width", type=int, default=None, help="channels of the first conv of --arch cnn")
+
+
+def add_pretrain_arguments(parser) -> None:
+    """Flags of classification/pretrain.py for images (skips any the script already defines)."""
+    present = set(parser._option_string_actions)
+    if "--img_size" not in present:
+        add_arguments(parser)
+    g = parser.add_argument_group("image pre-training")
+    for flag, kind, text in [("pretrain_epochs", int, "epochs on the original domain"),
+                             ("pretrain_lr", float, "Adam learning rate"), ("pretrain_bs", int, "batch size")]:
+        if f"--{flag}" not in present:
+            g.add_argument(f"--{flag}", type=kind, default=None, help=text)
+    if "--force" not in present:
+        g.add_argument("--force", action="store_true", help="train again even if the cached model exists")
+
+
+def fill_defaults(args):
+    """Fill this setting's flags left unset (None or absent) from the arch preset, then OWN_DEFAULTS."""
+    preset = PRESETS.get(args.arch, {})
+    for key in {**OWN_DEFAULTS, **preset}:
+        if getattr(args, key, None) is None:
+            setattr(args, key, preset.get(key, OWN_DEFAULTS.get(key)))
+    for key, known in (("dataset", IMAGE_DATASETS), ("original", IMAGE_DATASETS)):
+        if getattr(args, key) not in known:
+            raise ValueError(f"unknown image --{key} {getattr(args, key)!r}; choose one of {', '.join(known)}")
+    return args
+
+
+def _device(args) -> torch.device:
+    device = getattr(args, "device", "cpu") or "cpu"
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _load(args, name: str, split: str, size: int | None) -> torch.utils.data.Dataset:
+    mean, std = input_normalisation(args.arch)
+    return load_image_dataset(name, split, args.img_size, mean, std, data_root=args.data_root,
+                              download=args.download, size=size, seed=args.seed or 0)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, dataset, device: torch.device, batch_size: int = 256) -> float:
+    was_training = model.training
+    model.eval()
+    correct, total = 0, 0
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        correct += (model(x.to(device)).argmax(-1) == y.to(device)).sum().item()
+        total += len(y)
+    model.train(was_training)
+    return correct / max(1, total)
+
+
+class ImageTask:
+    """`sophon.task.Task` for classification: original accuracy, restricted accuracy with a fresh head."""
+
+    head_prefix = "head"
+    original_metric, original_higher_is_better = "accuracy", True
+    restricted_metric, restricted_higher_is_better = "accuracy", True
+
+    def __init__(self, restricted_train, restricted_test, original_train, original_test, restricted_classes: int,
+                 suppression: str = "ice", device: torch.device | str = "cpu", cache_key: str = ""):
+        if suppression not in CLASSIFICATION_LOSSES:
+            raise ValueError(f"unknown suppression loss {suppression!r}; choose one of "
+                             f"{', '.join(CLASSIFICATION_LOSSES)}")
+        self.restricted_train, self.restricted_test = restricted_train, restricted_test
+        self.original_train, self.original_test = original_train, original_test
+        self.restricted_classes = restricted_classes
+        self.suppression = CLASSIFICATION_LOSSES[suppression]
+        self.device = torch.device(device)
+        self.cache_key = cache_key
+
+    def learner(self, model: nn.Module) -> nn.Module:
+        # An attacker always brings a fresh head sized for the restricted classes (DESIGN §1).
+        return replace_head(model, "head", nn.Linear(model.head.in_features, self.restricted_classes))
+
+    def finetune_loss(self, learner, batch):
+        x, y = batch
+        return F.cross_entropy(learner(x), y)
+
+    def suppression_loss(self, learner, batch):
+        x, y = batch
+        return self.suppression(learner(x), y)
+
+    def original_loss(self, model, batch):
+        x, y = batch
+        return F.cross_entropy(model(x), y)
+
+    def evaluate_original(self, model) -> dict[str, float]:
+        return {"accuracy": accuracy(model, self.original_test, self.device)}
+
+    def evaluate_restricted(self, learner) -> dict[str, float]:
+        return {"accuracy": accuracy(learner, self.restricted_test, self.device)}
+
+
+def build_task(args, suppression: str) -> ImageTask:
+    fill_defaults(args)
+    key = (f"image|{args.dataset}:{args.train_size}|{args.original}:{args.original_size}|test:{args.test_size}"
+           f"|size:{args.img_size}|{args.arch}|seed:{args.seed or 0}")
+    return ImageTask(
+        restricted_train=_load(args, args.dataset, "train", args.train_size),
+        restricted_test=_load(args, args.dataset, "test", args.test_size),
+        original_train=_load(args, args.original, "train", args.original_size),
+        original_test=_load(args, args.original, "test", args.test_size),
+        restricted_classes=NUM_CLASSES[args.dataset], suppression=suppression, device=_device(args),
+        cache_key=key)
+
+
+def pretrained_path(arch: str, original: str) -> Path:
+    return PRETRAINED_DIR / f"{arch}_{original}.safetensors"
+
+
+def _pretrain_command(args) -> str:
+    return f"python classification/pretrain.py --arch {args.arch} --original {args.original} --img_size {args.img_size}"
+
+
+def build_model(args, start: str) -> nn.Module:
+    """start "normal": the pre-trained original-domain classifier; "scratch": the same arch, random."""
+    fill_defaults(args)
+    classes = NUM_CLASSES[args.original]
+    if start == "scratch":
+        with torch.random.fork_rng(devices=[]):  # same random init every time, global RNG untouched
+            torch.manual_seed(args.seed or 0)
+            return build_classifier(args.arch, classes, args.cnn_width).to(_device(args))
+    if start != "normal":
+        raise ValueError(f"unknown start {start!r}; choose normal or scratch")
+    model = build_classifier(args.arch, classes, args.cnn_width)
+    if args.pretrained == "torchvision":
+        raise ValueError("--pretrained torchvision holds ImageNet weights with 1000 classes; use them to start "
+                         f"pre-training instead: {_pretrain_command(args)} --pretrained torchvision")
+    source = Path(args.pretrained) if args.pretrained else pretrained_path(args.arch, args.original)
+    if not source.exists():
+        hint = "pass an existing file" if args.pretrained else "pre-train it first"
+        raise FileNotFoundError(f"no pre-trained {args.arch} on {args.original} at {source}; {hint}: "
+                                f"{_pretrain_command(args)}  (or pass --pretrained PATH)")
+    load_weights(model, read_weights(source), args.arch, source=f"--pretrained {source}")
+    sidecar = source.with_suffix(".json")
+    if sidecar.exists():
+        size = json.loads(sidecar.read_text()).get("img_size")
+        if size and size != args.img_size:
+            print(f"warning: {source} was pre-trained at --img_size {size}, used here at {args.img_size}")
+    return model.to(_device(args))
+
+
+def pretrain(args) -> Path:
+    """Train the original-domain model (cached at classification/pretrained/<arch>_<original>.safetensors)."""
+    fill_defaults(args)
+    path = pretrained_path(args.arch, args.original)
+    if path.exists() and not args.force:
+        print(f"{path} exists; reusing it (add --force to train again)")
+        return path
+    device = _device(args)
+    seed = args.seed or 0
+    torch.manual_seed(seed)
+    train = _load(args, args.original, "train", args.original_size)
+    test = _load(args, args.original, "test", args.test_size)
+    model = build_classifier(args.arch, NUM_CLASSES[args.original], args.cnn_width)
+    if args.pretrained:  # start from other weights (ImageNet): the body only, the head is new
+        state = torchvision_weights(args.arch, args.download) if args.pretrained == "torchvision" \
+            else read_weights(args.pretrained)
+        load_weights(model, state, args.arch, body_only=True, source=f"--pretrained {args.pretrained}")
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.pretrain_lr)
+    steps = args.pretrain_epochs * -(-len(train) // args.pretrain_bs)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.pretrain_lr, total_steps=max(1, steps))
+    loader = DataLoader(train, batch_size=args.pretrain_bs, shuffle=True, drop_last=False,
+                        generator=torch.Generator().manual_seed(seed))
+    start, acc = time.perf_counter(), float("nan")
+    for epoch in range(1, args.pretrain_epochs + 1):
+        model.train()
+        total, count = 0.0, 0
+        for x, y in loader:
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total, count = total + loss.item() * len(y), count + len(y)
+        acc = accuracy(model, test, device)
+        print(f"epoch {epoch}/{args.pretrain_epochs}  train loss {total / count:.4f}  "
+              f"{args.original} test accuracy {acc:.4f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+    meta = {"arch": args.arch, "original": args.original, "img_size": args.img_size, "cnn_width": args.cnn_width,
+            "original_size": args.original_size, "epochs": args.pretrain_epochs, "lr": args.pretrain_lr,
+            "bs": args.pretrain_bs, "init": args.pretrained or "random", "test_accuracy": acc,
+            "seconds": time.perf_counter() - start, "seed": seed}
+    checkpoint.save_model(path, model, meta)
+    print(f"saved {path}")
+    return path
