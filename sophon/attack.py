@@ -33,10 +33,11 @@ class Attack:
 
 
 def finetune(model: nn.Module, task: Task, attack: Attack, seed: int = 0, progress: bool = True,
-             max_steps_per_epoch: int | None = None) -> list[dict]:
+             max_steps_per_epoch: int | None = None, after=None) -> list[dict]:
     """Fine-tune a learner copy of `model` (left untouched) on the restricted training set.
 
-    Returns the test curve: one record per epoch, epoch 0 being before any step.
+    Returns the test curve: one record per epoch, epoch 0 being before any step. `after(learner)`, if
+    given, sees the fine-tuned learner before it is dropped (e.g. to draw samples from it).
     """
     if attack.optimizer not in ATTACK_OPTIMIZERS:
         raise ValueError(f"unknown attack optimizer {attack.optimizer!r}; choose one of {', '.join(ATTACK_OPTIMIZERS)}")
@@ -68,4 +69,6 @@ def finetune(model: nn.Module, task: Task, attack: Attack, seed: int = 0, progre
         learner.eval()
         curve.append({"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)),
                       **task.evaluate_restricted(learner)})
+    if after is not None:
+        after(learner)
     return curve

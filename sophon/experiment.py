@@ -7,6 +7,7 @@ finetune_test(args, start)    only the attacks, from one starting point (normal,
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -58,22 +59,39 @@ def _fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def attack_curves(model, task, attacks: list[Attack], seed: int, cache_dir: Path | None = None) -> dict:
-    """{attack label: curve}; with cache_dir, curves of identical (weights, task, attack) are reused."""
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
+
+
+def attack_curves(model, task, attacks: list[Attack], seed: int, cache_dir: Path | None = None,
+                  artifacts=None, start: str = "", out_dir: Path | None = None) -> dict:
+    """{attack label: curve}; with cache_dir, curves of identical (weights, task, attack) are reused.
+
+    `artifacts(learner, name, folder) -> [paths]` (a setting's `save_finetuned`) writes files about each
+    fine-tuned learner (sample grids) into `out_dir`, named from `start` and the attack; cached with the curve.
+    """
     curves = {}
     for attack in attacks:
+        name = _slug(f"{start}_{attack.label}")
         key = None
         if cache_dir is not None:
             blob = json.dumps([_fingerprint(model), getattr(task, "cache_key", ""), attack.to_dict(), seed])
             key = cache_dir / (hashlib.sha256(blob.encode()).hexdigest()[:20] + ".json")
-            if key.exists():
+            cached_files = sorted(cache_dir.glob(key.stem + ".file.*"))
+            if key.exists() and (artifacts is None or cached_files):
                 curves[attack.label] = json.loads(key.read_text())
+                for f in cached_files if artifacts is not None else []:
+                    shutil.copy(f, out_dir / f.name.split(".file.", 1)[1])
                 continue
-        curve = finetune(model, task, attack, seed=seed)
+        written = []
+        after = (lambda learner: written.extend(artifacts(learner, name, out_dir))) if artifacts else None
+        curve = finetune(model, task, attack, seed=seed, after=after)
         curves[attack.label] = curve
         if key is not None:
             key.parent.mkdir(parents=True, exist_ok=True)
             key.write_text(json.dumps(curve))
+            for f in written:
+                shutil.copy(f, cache_dir / f"{key.stem}.file.{Path(f).name}")
     return curves
 
 
@@ -126,6 +144,7 @@ def protect_and_test(args, loss: str, setting) -> Path:
 def finish(args, task, setting, run_dir: Path, models: dict, title: str) -> str:
     """Attack every starting point in `models` (plus scratch) and write the table."""
     attacks = parse_attacks(args)
+    artifacts = setting.save_finetuned(args) if hasattr(setting, "save_finetuned") else None
     cache = Path(args.root) / "baseline_cache"
     models = dict(models)
     models.setdefault("scratch", setting.build_model(args, "scratch"))
@@ -135,21 +154,22 @@ def finish(args, task, setting, run_dir: Path, models: dict, title: str) -> str:
         if start != "scratch":
             originals[start] = task.evaluate_original(model)
         # Only the baselines are cached: a SOPHON model is new each run.
-        curves[start] = attack_curves(model, task, attacks, args.seed, cache if start != "sophon" else None)
+        curves[start] = attack_curves(model, task, attacks, args.seed, cache if start != "sophon" else None,
+                                      artifacts, start, run_dir)
     text = write_results(run_dir, task, curves, originals, f"{title}: {args.arch} on {args.dataset}")
     print(text, flush=True)
     print(f"table: {run_dir / 'results.md'}  curves: {run_dir / 'curves.png'}", flush=True)
     return text
 
 
-def finetune_test(args, setting, start: str, path: str | None) -> Path:
-    """The fine-tuning test alone, from one starting point."""
+def finetune_test(args, setting, start: str, path: str | None, loss: str = "ice") -> Path:
+    """The fine-tuning test alone, from one starting point (`loss` only names the task's suppression loss)."""
     if start not in STARTS:
         raise ValueError(f"unknown --start {start!r}; choose one of {', '.join(STARTS)}")
     if start == "sophon" and not path:
         raise ValueError("--start sophon needs --path, the .safetensors checkpoint a SOPHON run wrote")
     args.device = str(device_of(args))
-    task = setting.build_task(args, "ice")
+    task = setting.build_task(args, loss)
     model = setting.build_model(args, "scratch" if start == "scratch" else "normal")
     if start == "sophon":
         tensors, meta = checkpoint.load(path, device=args.device)
@@ -163,7 +183,9 @@ def finetune_test(args, setting, start: str, path: str | None) -> Path:
     run_dir.mkdir(parents=True)
     (run_dir / "args.json").write_text(args_to_json(args))
     attacks = parse_attacks(args)
-    curves = {start: attack_curves(model, task, attacks, args.seed)}
+    artifacts = setting.save_finetuned(args) if hasattr(setting, "save_finetuned") else None
+    curves = {start: attack_curves(model, task, attacks, args.seed, artifacts=artifacts, start=start,
+                                   out_dir=run_dir)}
     originals = {} if start == "scratch" else {start: task.evaluate_original(model)}
     print(write_results(run_dir, task, curves, originals, f"fine-tuning test from {start}"))
     return run_dir
