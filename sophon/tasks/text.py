@@ -150,28 +150,17 @@ class TextTask:
     original_metric, original_higher_is_better = "perplexity", False
     restricted_metric, restricted_higher_is_better = "accuracy", True
 
-    def __init__(self, tokenizer, restricted: str, original: str, suppression: str, max_len: int,
-                 device: torch.device, data_root=None, train_size=None, original_size=None, test_size=2000,
-                 eval_bs: int = 64):
+    def __init__(self, restricted_train: TensorDataset, restricted_test: TensorDataset,
+                 original_train: TensorDataset, original_test: TensorDataset, suppression: str,
+                 device: torch.device, cache_key: str = "", eval_bs: int = 64):
+        """Datasets hold (input_ids, attention_mask[, label]) tensors, right-padded."""
         if suppression not in CLASSIFICATION_LOSSES:
             raise ValueError(f"unknown suppression loss {suppression!r}; choose one of {', '.join(CLASSIFICATION_LOSSES)}")
-        if restricted not in RESTRICTED_TEXT:
-            raise ValueError(f"unknown --dataset {restricted!r} for a language model; choose one of {', '.join(RESTRICTED_TEXT)}")
-        if original not in ORIGINAL_TEXT:
-            raise ValueError(f"unknown --original {original!r}; choose one of {', '.join(ORIGINAL_TEXT)}")
-        self.device, self.eval_bs = device, eval_bs
         self.suppression = CLASSIFICATION_LOSSES[suppression]
-        r_train = load_text(restricted, "train", data_root, train_size)
-        r_test = load_text(restricted, "test", data_root, test_size)
-        o_train = load_text(original, "train", data_root, original_size)
-        o_test = load_text(original, "test", data_root, test_size)
-        self.num_classes = len(set(r_train.labels))
-        self.hidden_size = None
-        self.restricted_train = TensorDataset(*encode(tokenizer, r_train.texts, max_len), torch.tensor(r_train.labels))
-        self.restricted_test = TensorDataset(*encode(tokenizer, r_test.texts, max_len), torch.tensor(r_test.labels))
-        self.original_train = TensorDataset(*encode(tokenizer, o_train.texts, max_len))
-        self.original_test = TensorDataset(*encode(tokenizer, o_test.texts, max_len))
-        self.cache_key = f"{restricted}:{len(r_train)}/{len(r_test)}|{original}:{len(o_test)}|len{max_len}"
+        self.restricted_train, self.restricted_test = restricted_train, restricted_test
+        self.original_train, self.original_test = original_train, original_test
+        self.num_classes = int(restricted_train.tensors[2].max()) + 1
+        self.device, self.eval_bs, self.cache_key = device, eval_bs, cache_key
 
     # -- the Task protocol --
     def learner(self, model: CausalLMClassifier) -> nn.Module:
@@ -221,9 +210,23 @@ class TextTask:
 
 
 def build_task(args, suppression: str) -> TextTask:
+    if args.dataset not in RESTRICTED_TEXT:
+        raise ValueError(f"unknown --dataset {args.dataset!r} for a language model; choose one of {', '.join(RESTRICTED_TEXT)}")
+    if args.original not in ORIGINAL_TEXT:
+        raise ValueError(f"unknown --original {args.original!r}; choose one of {', '.join(ORIGINAL_TEXT)}")
     _, tokenizer = load_pretrained(default_pretrained(args), args.arch)
-    return TextTask(tokenizer, args.dataset, args.original, suppression, args.max_len, torch.device(args.device),
-                    args.data_root, args.train_size, args.original_size, args.test_size)
+
+    def tensors(name, split, limit, labelled):
+        data = load_text(name, split, args.data_root, limit)
+        ids, mask = encode(tokenizer, data.texts, args.max_len)
+        return TensorDataset(ids, mask, torch.tensor(data.labels)) if labelled else TensorDataset(ids, mask)
+
+    r_train = tensors(args.dataset, "train", args.train_size, True)
+    r_test = tensors(args.dataset, "test", args.test_size, True)
+    key = f"{args.dataset}:{len(r_train)}/{len(r_test)}|{args.original}|len{args.max_len}"
+    return TextTask(r_train, r_test, tensors(args.original, "train", args.original_size, False),
+                    tensors(args.original, "test", args.test_size, False), suppression,
+                    torch.device(args.device), cache_key=key)
 
 
 # ---- pre-training (tiny-gpt2 only; real LMs come pre-trained) ---------------------------------

