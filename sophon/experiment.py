@@ -45,8 +45,12 @@ def protect_config(args) -> ProtectConfig:
 
 def new_run_dir(args, loss: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(args.root) / loss / f"{args.arch}_{args.dataset}" / stamp
-    path.mkdir(parents=True, exist_ok=False)
+    base = Path(args.root) / loss / f"{args.arch}_{args.dataset}" / stamp
+    path, n = base, 1
+    while path.exists():  # two runs started within the same second
+        n += 1
+        path = base.with_name(f"{stamp}-{n}")
+    path.mkdir(parents=True)
     return path
 
 

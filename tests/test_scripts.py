@@ -1,0 +1,65 @@
+"""The classification scripts end to end on a very small GPT-2, and their errors."""
+
+import json
+
+import pytest
+
+from sophon.cli import classification_main, finetune_test_main
+from tests.text_fixtures import save_small_gpt2
+
+SMALL = ["--arch", "tiny-gpt2", "--dataset", "RT", "--original", "NEWS", "--train_size", "48", "--test_size", "48",
+         "--original_size", "200", "--max_len", "32", "--total_loop", "2", "--test_iterval", "1",
+         "--adaptation_steps", "1", "--bs", "8", "--finetune_bs", "8", "--truly_finetune_epochs", "1",
+         "--attacks", "sgd,adam:1e-3", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    model = save_small_gpt2(root / "model")
+    run_dir = classification_main("test", ("ice",), SMALL + ["--pretrained", str(model), "--root", str(root)])
+    return root, model, run_dir
+
+
+def test_protect_and_test_writes_the_three_row_table(run):
+    root, _, run_dir = run
+    assert run_dir.parent == root / "ice" / "tiny-gpt2_RT"
+    args = json.loads((run_dir / "args.json").read_text())
+    assert args["total_loop"] == 2 and args["alpha"] == 1.0  # given flag, and a tiny-gpt2 preset value
+    rows = json.loads((run_dir / "results.json").read_text())
+    assert sorted({r["start"] for r in rows}) == ["normal", "scratch", "sophon"]
+    assert {r["attack"].split()[0] for r in rows} == {"sgd", "adam"}
+    assert all(0 <= r["final accuracy"] <= 1 for r in rows)
+    assert all("original perplexity" in r for r in rows if r["start"] != "scratch")
+    assert (run_dir / "curves.png").stat().st_size > 10_000
+    iterations = [json.loads(l)["iteration"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert iterations == [0, 1, 2]
+
+
+def test_finetune_test_from_the_sophon_checkpoint(run):
+    root, model, run_dir = run
+    out = finetune_test_main("test", SMALL + ["--pretrained", str(model), "--root", str(root), "--start", "sophon",
+                                              "--path", str(run_dir / "checkpoints" / "final.safetensors")])
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["start"] for r in rows] == ["sophon", "sophon"]
+
+
+def test_resume_of_a_finished_run_adds_iterations(run):
+    root, model, run_dir = run
+    classification_main("test", ("ice",), SMALL + ["--pretrained", str(model), "--root", str(root),
+                                                   "--resume", str(run_dir), "--total_loop", "3"])
+    iterations = [json.loads(l)["iteration"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert iterations == [0, 1, 2, 3]
+
+
+def test_unknown_arch_lists_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        classification_main("test", ("ice",), ["--arch", "res5"])
+    err = capsys.readouterr().err
+    assert "unknown --arch 'res5'" in err and "tiny-gpt2" in err and "res18" in err
+
+
+def test_sophon_start_without_path_is_refused(run):
+    root, model, _ = run
+    with pytest.raises(ValueError, match="--path"):
+        finetune_test_main("test", SMALL + ["--pretrained", str(model), "--root", str(root), "--start", "sophon"])
