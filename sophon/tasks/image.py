@@ -30,7 +30,7 @@ PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "classification" / "pretr
 # --finetune_lr, then Adam and SGD with momentum at their usual learning rates.
 _EMBEDDED = dict(
     dataset="DIGITS", original="FASHION", train_size=300, original_size=20000, test_size=None,
-    alpha=3.0, beta=5.0, lr=1e-3, fast_lr=1e-2, bs=64, total_loop=300, adaptation_steps=5, test_iterval=50,
+    alpha=10.0, beta=5.0, lr=1e-4, fast_lr=0.1, bs=64, total_loop=400, adaptation_steps=10, test_iterval=100,
     finetune_epochs=1, truly_finetune_epochs=10, finetune_lr=1e-2, finetune_bs=32,
     attacks="sgd,adam:1e-3,sgd-momentum:1e-2", pretrain_epochs=4, pretrain_lr=3e-3, pretrain_bs=128,
 )
@@ -43,8 +43,9 @@ _PAPER = dict(
 )
 PRESETS = {
     "cnn": dict(_EMBEDDED, img_size=28),
-    "res18": dict(_EMBEDDED, img_size=32, original_size=10000, test_size=2000, total_loop=150, test_iterval=50,
-                  pretrain_epochs=2),
+    # About 40x the cnn's compute per image: fewer original examples, shorter loop and attacks.
+    "res18": dict(_EMBEDDED, img_size=32, original_size=5000, test_size=1000, bs=32, total_loop=60,
+                  adaptation_steps=3, test_iterval=30, truly_finetune_epochs=5, pretrain_epochs=3),
     "res34": dict(_PAPER),
     "res50": dict(_PAPER),
     "vgg": dict(_PAPER, pretrain_lr=1e-4),
