@@ -1,4 +1,4 @@
-"""SOPHON for diffusion with the MSE-ascent loss (push the predicted noise away from the true noise; --mse_clamp bounds it).
+"""SOPHON for diffusion with the MSE-ascent loss (push the predicted noise away from the true noise, --mse_clamp caps it).
 
     python generation/mean_squared_loss.py                          # unet-tiny, FASHION -> LFW, CPU preset
     python generation/mean_squared_loss.py --finetune RUN/checkpoints/final.safetensors   # only the attack test

@@ -30,10 +30,11 @@ PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "generation" / "pretraine
 # CPU defaults for unet-tiny (FASHION -> LFW, 2 cores, ~20 min for pre-training, SOPHON and the test);
 # unet-paper follows the paper's CIFAR-100 -> CelebA run and wants a GPU.
 PRESETS = {
-    "unet-tiny": dict(dataset="LFW", original="FASHION", alpha=10.0, beta=5.0, lr=1e-4, fast_lr=1e-2, bs=32,
+    "unet-tiny": dict(dataset="LFW", original="FASHION", alpha=1.0, beta=10.0, lr=1e-4, fast_lr=1e-2, bs=32,
                       total_loop=100, adaptation_steps=3, test_iterval=25, finetune_epochs=1,
                       truly_finetune_epochs=20, finetune_lr=1e-2, finetune_bs=16, attacks="sgd", guard=0.9,
-                      pretrain_steps=500, pretrain_lr=2e-3, eval_size=512, eval_repeats=4, sample_steps=25),
+                      guard_action="decay", pretrain_steps=500, pretrain_lr=2e-3, eval_size=512, eval_repeats=4,
+                      sample_steps=25),
     "unet-paper": dict(dataset="CELEBA", original="CIFAR100", alpha=3.0, beta=5.0, lr=1e-4, fast_lr=1e-4, bs=64,
                        total_loop=1000, adaptation_steps=10, test_iterval=100, finetune_epochs=1,
                        truly_finetune_epochs=20, finetune_lr=1e-4, finetune_bs=64, attacks="adam", guard=0.9,
