@@ -10,6 +10,8 @@ import sys
 
 import torch
 
+from sophon.tasks import CLASSIFICATION
+
 GLOBAL_DEFAULTS = dict(
     alpha=3.0, beta=5.0, lr=1e-4, fast_lr=1e-4, bs=32, ml_loop=1, nl_loop=1, total_loop=100,
     adaptation_steps=5, test_iterval=20, finetune_epochs=1, truly_finetune_epochs=5, finetune_lr=1e-4,
@@ -95,7 +97,7 @@ def classification_main(description: str, losses: tuple[str, ...], argv=None):
     """inverse_loss.py and kl_uniform_loss.py: the same run, a different suppression loss."""
     from sophon.experiment import protect_and_test
 
-    parser, setting, argv = _setting_parser(description, argv, losses, kind=None)
+    parser, setting, argv = _setting_parser(description, argv, losses, kind=CLASSIFICATION)
     args = parser.parse_args(argv)
     args.arch = args.arch or "tiny-gpt2"
     resolve(args, setting.PRESETS, argv)
@@ -109,7 +111,7 @@ def finetune_test_main(description: str, argv=None):
         p.add_argument("--start", default="sophon", choices=STARTS, help="where fine-tuning starts")
         p.add_argument("--path", default=None, help="SOPHON checkpoint (.safetensors) for --start sophon")
 
-    parser, setting, argv = _setting_parser(description, argv, extra=extra)
+    parser, setting, argv = _setting_parser(description, argv, kind=CLASSIFICATION, extra=extra)
     args = parser.parse_args(argv)
     args.arch = args.arch or "tiny-gpt2"
     resolve(args, setting.PRESETS, argv)
@@ -117,7 +119,7 @@ def finetune_test_main(description: str, argv=None):
 
 
 def pretrain_main(description: str, argv=None):
-    parser, setting, argv = _setting_parser(description, argv)
+    parser, setting, argv = _setting_parser(description, argv, kind=CLASSIFICATION)
     setting.add_pretrain_arguments(parser)
     args = parser.parse_args(argv)
     args.arch = args.arch or "tiny-gpt2"

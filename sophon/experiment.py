@@ -183,8 +183,7 @@ def finetune_test(args, setting, start: str, path: str | None, loss: str = "ice"
             raise checkpoint.CheckpointError(
                 f"{path} does not fit --arch {args.arch} (written for {meta.get('arch')}); "
                 f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    run_dir = Path(args.root) / "finetune_test" / f"{args.arch}_{args.dataset}" / time.strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True)
+    run_dir = new_run_dir(args, "finetune_test")
     (run_dir / "args.json").write_text(args_to_json(args))
     attacks = parse_attacks(args)
     artifacts = setting.save_finetuned(args) if hasattr(setting, "save_finetuned") else None

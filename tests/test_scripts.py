@@ -63,3 +63,25 @@ def test_sophon_start_without_path_is_refused(run):
     root, model, _ = run
     with pytest.raises(ValueError, match="--path"):
         finetune_test_main("test", SMALL + ["--pretrained", str(model), "--root", str(root), "--start", "sophon"])
+
+
+def test_classification_scripts_refuse_a_diffusion_arch(capsys):
+    with pytest.raises(SystemExit):
+        classification_main("test", ("ice",), ["--arch", "unet-tiny"])
+    err = capsys.readouterr().err
+    assert "unknown --arch 'unet-tiny'" in err and "unet" not in err.split("choose one of")[1]
+
+
+def test_pretraining_corpus_adds_unlabelled_restricted_text(tmp_path):
+    from sophon.cli import pretrain_main
+    from sophon.data.text import load_text
+
+    tiny = ["--steps", "2", "--vocab_size", "300", "--n_layer", "1", "--n_embd", "16", "--n_head", "2",
+            "--max_len", "16", "--bs", "4", "--device", "cpu"]
+    with_rt = pretrain_main("test", tiny + ["--pretrained", str(tmp_path / "a")])
+    alone = pretrain_main("test", tiny + ["--pretrained", str(tmp_path / "b"), "--unlabelled", "none"])
+    n_news, n_rt = len(load_text("NEWS", "train")), len(load_text("RT", "train"))
+    assert json.loads((with_rt / "pretraining.json").read_text())["texts"] == n_news + n_rt
+    assert json.loads((alone / "pretraining.json").read_text())["texts"] == n_news
+    with pytest.raises(ValueError, match="unknown --unlabelled 'CIFAR10'"):
+        pretrain_main("test", tiny + ["--pretrained", str(tmp_path / "c"), "--unlabelled", "CIFAR10"])

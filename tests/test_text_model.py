@@ -91,3 +91,21 @@ def test_unknown_restricted_dataset(tmp_path):
     folder = save_small_gpt2(tmp_path / "m")
     with pytest.raises(ValueError, match="unknown --dataset 'CIFAR10'"):
         text.build_task(text_args(folder, dataset="CIFAR10"), "ice")
+
+
+def test_mean_pooling_ignores_padding_and_differs_from_last_token(tmp_path):
+    from sophon.models.causal_lm import CausalLMClassifier
+
+    folder = save_small_gpt2(tmp_path / "m")
+    lm, _ = text.load_pretrained(str(folder), "tiny-gpt2")
+    mean = CausalLMClassifier(lm, pool="mean").eval()
+    last = CausalLMClassifier(lm, pool="last").eval()
+    last.head.weight.data.copy_(mean.head.weight.data)
+    ids = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        h = mean.hidden(ids[:1, :3], mask[:1, :3])
+        torch.testing.assert_close(mean(ids, mask)[0], mean.head(h[0].mean(0)))  # padding left out
+        assert not torch.allclose(mean(ids, mask), last(ids, mask))
+    with pytest.raises(ValueError, match="unknown pool 'max'"):
+        CausalLMClassifier(lm, pool="max")

@@ -1,7 +1,8 @@
 """A causal LM seen two ways (DESIGN §1, text):
 
-- restricted task: sentence classification from the hidden state of the last real token (the same
-  pooling as HF's GPT2ForSequenceClassification), through `head`, which attackers replace;
+- restricted task: sentence classification through `head`, which attackers replace, from the hidden
+  state of the last real token (`pool="last"`, HF's GPT2ForSequenceClassification) or the mean over
+  real tokens (`pool="mean"`);
 - original task: next-token prediction through `lm_head`, a *frozen copy* of the pre-trained output
   embedding (for GPT-2, the tied `wte`), so SOPHON can only keep the LM skill through the body.
 """
@@ -12,8 +13,13 @@ from torch import nn
 
 
 class CausalLMClassifier(nn.Module):
-    def __init__(self, lm: nn.Module, num_classes: int = 2):
+    POOLS = ("last", "mean")
+
+    def __init__(self, lm: nn.Module, num_classes: int = 2, pool: str = "last"):
         super().__init__()
+        if pool not in self.POOLS:
+            raise ValueError(f"unknown pool {pool!r}; choose one of {', '.join(self.POOLS)}")
+        self.pool = pool
         self.body = lm.base_model  # GPT2Model for GPT-2; LlamaModel for SmolLM2; ...
         out = lm.get_output_embeddings()
         self.lm_head = nn.Linear(out.in_features, out.out_features, bias=out.bias is not None)
@@ -29,8 +35,11 @@ class CausalLMClassifier(nn.Module):
         return self.body(input_ids=input_ids[:, :length], attention_mask=attention_mask[:, :length]).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Class logits (N, C) from the last real token of each sequence."""
+        """Class logits (N, C), pooled over each sequence's real tokens."""
         h = self.hidden(input_ids, attention_mask)
+        if self.pool == "mean":
+            m = attention_mask[:, :h.shape[1]].unsqueeze(-1).to(h.dtype)
+            return self.head((h * m).sum(1) / m.sum(1).clamp_min(1))
         last = attention_mask.sum(1).long() - 1
         return self.head(h[torch.arange(h.shape[0], device=h.device), last])
 

@@ -17,13 +17,20 @@ SETTING_ARCHS = {
 }
 
 
-def all_archs(kind: str | None = None) -> list[str]:
-    return [a for k, archs in SETTING_ARCHS.items() if kind in (None, k) for a in archs]
+CLASSIFICATION = ("text", "image")  # the settings classification/*.py serve
 
 
-def setting_for(arch: str, kind: str | None = None):
-    """The setting module serving `--arch`; `kind` restricts the search (classification scripts)."""
+def _kinds(kind) -> tuple:
+    return tuple(SETTING_ARCHS) if kind is None else (kind,) if isinstance(kind, str) else tuple(kind)
+
+
+def all_archs(kind: str | tuple | None = None) -> list[str]:
+    return [a for k, archs in SETTING_ARCHS.items() if k in _kinds(kind) for a in archs]
+
+
+def setting_for(arch: str, kind: str | tuple | None = None):
+    """The setting module serving `--arch`; `kind` (a setting name or several) restricts the search."""
     for name, archs in SETTING_ARCHS.items():
-        if kind in (None, name) and arch in archs:
+        if name in _kinds(kind) and arch in archs:
             return importlib.import_module(f"sophon.tasks.{name}")
     raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(all_archs(kind))}")
