@@ -13,26 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sophon.cli import base_parser, resolve
-from sophon.experiment import finetune_test, protect_and_test
-from sophon.tasks import diffusion
+from sophon.cli import generation_main
 
-LOSS = "dos"
-
-parser = base_parser(__doc__.splitlines()[0])
-diffusion.add_arguments(parser)
-parser.add_argument("--finetune", metavar="CKPT", default=None,
-                    help="only run the fine-tuning test of this SOPHON checkpoint (.safetensors)")
-parser.add_argument("--pretest", choices=("pretrained", "scratch"), default=None,
-                    help="only run a baseline fine-tuning test: from the pre-trained model, or from scratch")
-args = parser.parse_args()
-args.arch = args.arch or "unet-tiny"
-if args.arch not in diffusion.ARCHS:
-    parser.error(f"unknown --arch {args.arch!r}; choose one of {', '.join(diffusion.ARCHS)}")
-resolve(args, diffusion.PRESETS)
-if args.finetune:
-    finetune_test(args, diffusion, "sophon", args.finetune, LOSS)
-elif args.pretest:
-    finetune_test(args, diffusion, {"pretrained": "normal", "scratch": "scratch"}[args.pretest], None, LOSS)
-else:
-    protect_and_test(args, LOSS, diffusion)
+if __name__ == "__main__":
+    generation_main(__doc__.splitlines()[0], loss="dos")

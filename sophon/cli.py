@@ -126,3 +126,27 @@ def pretrain_main(description: str, argv=None):
     resolve(args, setting.PRESETS, argv)
     args.device = str(device_of(args))
     return setting.pretrain(args)
+
+
+def generation_main(description: str, loss: str, argv=None):
+    """denial_service_loss.py and mean_squared_loss.py: the same run, a different suppression loss."""
+    from sophon.experiment import finetune_test, protect_and_test
+    from sophon.tasks import diffusion
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = base_parser(description)
+    diffusion.add_arguments(parser)
+    parser.add_argument("--finetune", metavar="CKPT", default=None,
+                        help="only run the fine-tuning test of this SOPHON checkpoint (.safetensors)")
+    parser.add_argument("--pretest", choices=("pretrained", "scratch"), default=None,
+                        help="only run a baseline fine-tuning test: from the pre-trained model, or from scratch")
+    args = parser.parse_args(argv)
+    args.arch = args.arch or "unet-tiny"
+    if args.arch not in diffusion.ARCHS:
+        parser.error(f"unknown --arch {args.arch!r}; choose one of {', '.join(diffusion.ARCHS)}")
+    resolve(args, diffusion.PRESETS, argv)
+    if args.finetune:
+        return finetune_test(args, diffusion, "sophon", args.finetune, loss)
+    if args.pretest:
+        return finetune_test(args, diffusion, {"pretrained": "normal", "scratch": "scratch"}[args.pretest], None, loss)
+    return protect_and_test(args, loss, diffusion)

@@ -91,6 +91,7 @@ class Protector:
         self.iteration = 0
         self.reference: dict[str, float] = {}  # original metrics before SOPHON
         self.good_state = copy.deepcopy(model.state_dict())
+        self.good_iteration = 0  # the iteration good_state (and checkpoints/last) comes from
         self.status = "running"
 
     # ---- one iteration ---------------------------------------------------------------------
@@ -163,6 +164,7 @@ class Protector:
         self.iteration = meta["iteration"]
         self.reference = meta.get("reference", {})
         self.good_state = copy.deepcopy(self.model.state_dict())
+        self.good_iteration = self.iteration
         self.status = "running"
         self._drop_metrics_after(self.iteration)
 
@@ -207,16 +209,18 @@ class Protector:
                 self.model.load_state_dict(self.good_state)
                 self.status = "nan"
                 self.log({"iteration": it, "error": str(err)})
+                last = self.run_dir / "checkpoints" / "last.safetensors"
+                saved = f", saved as {last}" if last.exists() else ""
                 raise NonFiniteLossError(
-                    f"{err} at iteration {it}; the model was reset to the last good state, saved as "
-                    f"{self.run_dir / 'checkpoints' / 'last.safetensors'} (iteration {self.iteration}). "
-                    "Lower --alpha or --lr, or resume with --resume after changing them.") from None
+                    f"{err} at iteration {it}; the model was reset to its last good state, from iteration "
+                    f"{self.good_iteration}{saved}. Lower --alpha or --lr, and resume with --resume.") from None
             self.iteration = it
             record["seconds"] = time.perf_counter() - start
             if it % cfg.test_iterval == 0 or it == cfg.total_loop:
                 record.update(self.evaluate())
                 if within_guard(self.task, record[watched], self.reference[watched], cfg.guard):
                     self.good_state = copy.deepcopy(self.model.state_dict())
+                    self.good_iteration = it
                     self.save("last")
                 else:
                     record["guard"] = (f"{watched} {record[watched]:.4g} crossed the floor "

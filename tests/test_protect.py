@@ -59,7 +59,7 @@ def test_nan_loss_raises_clear_error_and_keeps_finished_checkpoint(tmp_path):
     protect(model, task, config(total_loop=2), tmp_path)
     good, _ = checkpoint.load(tmp_path / "checkpoints" / "last")
     task.original_loss = lambda m, b: torch.tensor(float("nan"), requires_grad=True)
-    with pytest.raises(NonFiniteLossError, match="--alpha"):
+    with pytest.raises(NonFiniteLossError, match=r"at iteration 3; .*from iteration 2, saved as .*--alpha"):
         protect(model, task, config(total_loop=4), tmp_path, resume=True)
     still, _ = checkpoint.load(tmp_path / "checkpoints" / "last")
     torch.testing.assert_close(still["model.body.weight"], good["model.body.weight"])

@@ -85,3 +85,11 @@ def test_pretraining_corpus_adds_unlabelled_restricted_text(tmp_path):
     assert json.loads((alone / "pretraining.json").read_text())["texts"] == n_news
     with pytest.raises(ValueError, match="unknown --unlabelled 'CIFAR10'"):
         pretrain_main("test", tiny + ["--pretrained", str(tmp_path / "c"), "--unlabelled", "CIFAR10"])
+
+
+def test_generation_scripts_refuse_a_classification_arch(capsys):
+    from sophon.cli import generation_main
+
+    with pytest.raises(SystemExit):
+        generation_main("test", "dos", ["--arch", "cnn"])
+    assert "unknown --arch 'cnn'; choose one of unet-tiny, unet-paper" in capsys.readouterr().err

@@ -131,7 +131,7 @@ def lfw(split: str, size: int, channels: int) -> Dataset:
 def _root(name: str, data_root: str | None) -> Path:
     if not data_root:
         raise DataUnavailableError(f"{name} is not embedded: pass --data_root, the folder holding it "
-                                   f"(layout in docs/generation.md), or use the embedded FASHION / LFW")
+                                   f"(layout in README.md, section Generation), or use the embedded FASHION / LFW")
     return Path(data_root)
 
 
