@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sophon.cli import base_parser, resolve
+from sophon.cli import base_parser, device_of, resolve
 from sophon.tasks import diffusion
 
 parser = base_parser(__doc__.splitlines()[0])
@@ -25,10 +25,11 @@ args.arch = args.arch or "unet-tiny"
 if args.arch not in diffusion.ARCHS:
     parser.error(f"unknown --arch {args.arch!r}; choose one of {', '.join(diffusion.ARCHS)}")
 resolve(args, diffusion.PRESETS)
+args.device = str(device_of(args))
 if args.scratch:
     model = diffusion.build_model(args, "scratch")
 elif args.ckpt:
-    model = diffusion.load_unet(args.ckpt, args).to(args.device if args.device != "auto" else "cpu")
+    model = diffusion.load_unet(args.ckpt, args).to(args.device)
 else:
     model = diffusion.build_model(args, "normal")
 default = Path(args.ckpt).with_suffix("") if args.ckpt else Path(args.root) / "samples"
