@@ -133,17 +133,15 @@ def generation_main(description: str, loss: str, argv=None):
     from sophon.experiment import finetune_test, protect_and_test
     from sophon.tasks import diffusion
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = base_parser(description)
-    diffusion.add_arguments(parser)
-    parser.add_argument("--finetune", metavar="CKPT", default=None,
-                        help="only run the fine-tuning test of this SOPHON checkpoint (.safetensors)")
-    parser.add_argument("--pretest", choices=("pretrained", "scratch"), default=None,
-                        help="only run a baseline fine-tuning test: from the pre-trained model, or from scratch")
+    def extra(p):
+        p.add_argument("--finetune", metavar="CKPT", default=None,
+                       help="only run the fine-tuning test of this SOPHON checkpoint (.safetensors)")
+        p.add_argument("--pretest", choices=("pretrained", "scratch"), default=None,
+                       help="only run a baseline fine-tuning test: from the pre-trained model, or from scratch")
+
+    parser, _, argv = _setting_parser(description, argv, kind="diffusion", extra=extra, default_arch="unet-tiny")
     args = parser.parse_args(argv)
     args.arch = args.arch or "unet-tiny"
-    if args.arch not in diffusion.ARCHS:
-        parser.error(f"unknown --arch {args.arch!r}; choose one of {', '.join(diffusion.ARCHS)}")
     resolve(args, diffusion.PRESETS, argv)
     if args.finetune:
         return finetune_test(args, diffusion, "sophon", args.finetune, loss)

@@ -112,6 +112,10 @@ def load_pretrained(source: str, arch: str):
     return lm, tokenizer
 
 
+def _pool(args) -> str:
+    return getattr(args, "pool", None) or "last"  # hand-made namespaces (tests, notebook) may lack it
+
+
 def build_model(args, start: str) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
@@ -121,7 +125,7 @@ def build_model(args, start: str) -> nn.Module:
         lm = AutoModelForCausalLM.from_config(lm.config)
     elif start != "normal":
         raise ValueError(f"unknown start {start!r}; use normal or scratch")
-    model = CausalLMClassifier(copy.deepcopy(lm), num_classes=2, pool=getattr(args, "pool", None) or "last")
+    model = CausalLMClassifier(copy.deepcopy(lm), num_classes=2, pool=_pool(args))
     return model.to(torch.device(args.device))
 
 
@@ -228,7 +232,7 @@ def build_task(args, suppression: str) -> TextTask:
 
     r_train = tensors(args.dataset, "train", args.train_size, True)
     r_test = tensors(args.dataset, "test", args.test_size, True)
-    key = f"{args.dataset}:{len(r_train)}/{len(r_test)}|{args.original}|len{args.max_len}|pool{getattr(args, 'pool', None) or 'last'}"
+    key = f"{args.dataset}:{len(r_train)}/{len(r_test)}|{args.original}|len{args.max_len}|pool{_pool(args)}"
     return TextTask(r_train, r_test, tensors(args.original, "train", args.original_size, False),
                     tensors(args.original, "test", args.test_size, False), suppression,
                     torch.device(args.device), cache_key=key)
