@@ -83,7 +83,8 @@ def _setting_parser(description: str, argv, losses=(), kind=None, extra=None, de
     parser = base_parser(description, losses)
     if extra:
         extra(parser)
-    known, _ = parser.parse_known_args(argv)
+    # --help waits for the second pass, so it lists the setting's own flags too.
+    known, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
     arch = known.arch or default_arch
     try:
         setting = setting_for(arch, kind)

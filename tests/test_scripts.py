@@ -93,3 +93,10 @@ def test_generation_scripts_refuse_a_classification_arch(capsys):
     with pytest.raises(SystemExit):
         generation_main("test", "dos", ["--arch", "cnn"])
     assert "unknown --arch 'cnn'; choose one of unet-tiny, unet-paper" in capsys.readouterr().err
+
+
+def test_help_lists_the_settings_own_flags(capsys):
+    with pytest.raises(SystemExit):
+        classification_main("test", ("ice",), ["--arch", "cnn", "--help"])
+    out = capsys.readouterr().out
+    assert "--img_size" in out and "--alpha" in out
