@@ -1,74 +1,214 @@
 """Fine-tuning attacks: what a user who obtained the model does to make it work on the restricted
 domain. The same function fine-tunes the normal, the SOPHON and the from-scratch starting points,
-so the three rows of a result table differ only in where they start.
+so the rows of a result table differ only in where they start.
+
+An attack is written as a spec, `optimizer[:lr][:key=value...]`, e.g.
+`adam:1e-4:method=lora:epochs=20` or `sgd-momentum:1e-3:bs=8:schedule=warmup-cosine`.
 """
 
-from dataclasses import asdict, dataclass
+import copy
+import math
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sophon.simulate import make_optimizer
+from sophon.optim import OPTIMIZERS, SCHEDULES, USUAL_LR, make_optimizer, make_schedule
 from sophon.task import Task, move
 
-ATTACK_OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw", "rmsprop")
+METHODS = ("full", "head", "lora", "benign")
+SPEC_KEYS = ("lr", "bs", "epochs", "method", "schedule")
+LORA_RANK = 8
 
 
-@dataclass
+class AttackSpecError(ValueError):
+    """A malformed --attacks entry; the message names the valid choices."""
+
+
+@dataclass(frozen=True)
 class Attack:
     optimizer: str = "sgd"
-    lr: float = 1e-4
-    batch_size: int = 32
+    lr: float = 1e-2
+    bs: int = 32
     epochs: int = 5
-    head_only: bool = False  # linear probing: only the fresh head is trained
+    method: str = "full"  # full | head (linear probe) | lora (peft adapters + head) | benign (original data first)
+    schedule: str = "constant"  # constant | cosine | warmup-cosine
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @property
     def label(self) -> str:
-        return f"{self.optimizer} lr={self.lr:g} bs={self.batch_size} {'head' if self.head_only else 'full'}"
+        """The canonical spec; `parse_attack(label)` gives this attack back."""
+        text = f"{self.optimizer}:{self.lr:g}:bs={self.bs}:epochs={self.epochs}"
+        if self.method != "full":
+            text += f":method={self.method}"
+        if self.schedule != "constant":
+            text += f":schedule={self.schedule}"
+        return text
+
+
+def _number(kind, text: str, what: str, spec: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise AttackSpecError(f"attack {spec!r}: {what} {text!r} is not a{'n integer' if kind is int else ' number'}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise AttackSpecError(f"attack {spec!r}: {what} must be positive, got {text!r}")
+    return value
+
+
+def parse_attack(spec: str, lr: float | None = None, bs: int = 32, epochs: int = 5) -> Attack:
+    """One spec; `lr` (default: the optimizer's usual lr), `bs` and `epochs` fill what it leaves out."""
+    spec = spec.strip()
+    name, *parts = spec.split(":")
+    if name not in OPTIMIZERS:
+        raise AttackSpecError(f"unknown optimizer {name!r} in attack {spec!r}; choose one of {', '.join(OPTIMIZERS)}")
+    values: dict = {}
+    if parts and "=" not in parts[0]:
+        values["lr"] = _number(float, parts.pop(0), "learning rate", spec)
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or key not in SPEC_KEYS:
+            raise AttackSpecError(f"unknown part {part!r} in attack {spec!r}; write key=value with key one of "
+                                  f"{', '.join(SPEC_KEYS)}")
+        if key in values:
+            raise AttackSpecError(f"attack {spec!r} sets {key} twice")
+        if key == "lr":
+            values[key] = _number(float, value, "learning rate", spec)
+        elif key in ("bs", "epochs"):
+            values[key] = _number(int, value, key, spec)
+        else:
+            choices = METHODS if key == "method" else SCHEDULES
+            if value not in choices:
+                raise AttackSpecError(f"unknown {key} {value!r} in attack {spec!r}; choose one of {', '.join(choices)}")
+            values[key] = value
+    base = Attack(name, lr if lr is not None else USUAL_LR[name], bs, epochs)
+    return replace(base, **values)
+
+
+def parse_attacks(text: str, lr_for=None, bs: int = 32, epochs: int = 5) -> list[Attack]:
+    """Comma-separated specs. `lr_for(optimizer)` gives the lr of a spec that names none."""
+    items = [s for s in str(text).split(",") if s.strip()]
+    if not items:
+        raise AttackSpecError("no attack given; write e.g. --attacks sgd,adam:1e-4:method=lora")
+    attacks = []
+    for item in items:
+        name = item.strip().split(":")[0]
+        attacks.append(parse_attack(item, lr_for(name) if lr_for and name in OPTIMIZERS else None, bs, epochs))
+    return attacks
+
+
+# ---- what an attacker trains ------------------------------------------------------------------
+def _in_head(name: str, prefix: str | None) -> bool:
+    return bool(prefix) and (name == prefix or name.startswith(prefix + "."))
+
+
+def lora_targets(learner: nn.Module, head_prefix: str | None) -> list[str]:
+    """Every linear and convolution layer of the body (GPT-2's Conv1D too); never the head, never a
+    frozen layer (the text models' LM head)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return [name for name, m in learner.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d, Conv1D)) and not _in_head(name, head_prefix)
+            and all(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+def add_lora(learner: nn.Module, head_prefix: str | None) -> nn.Module:
+    """peft LoRA adapters on the body; only adapters (and the fresh head) stay trainable."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = lora_targets(learner, head_prefix)
+    if not targets:
+        raise AttackSpecError("method=lora found no linear or convolution layer to adapt in this model")
+    config = LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, target_modules=targets, lora_dropout=0.0)
+    learner = inject_adapter_in_model(config, learner)
+    for name, p in learner.named_parameters():
+        p.requires_grad = "lora_" in name or _in_head(name, head_prefix)
+    return learner
+
+
+def trainable(learner: nn.Module, task: Task, method: str) -> list[nn.Parameter]:
+    if method == "head":
+        for p in learner.parameters():
+            p.requires_grad = False
+        for p in learner.get_submodule(task.head_prefix).parameters():
+            p.requires_grad = True
+    return [p for p in learner.parameters() if p.requires_grad]
+
+
+def _steps_per_epoch(n: int, bs: int) -> int:
+    return -(-n // bs)
+
+
+def benign_phase(model: nn.Module, task: Task, attack: Attack, steps: int, generator: torch.Generator) -> nn.Module:
+    """A copy of `model` fine-tuned `steps` steps on original-domain data with the attack's optimizer:
+    the attacker who first trains on harmless data, then on the restricted data."""
+    model = copy.deepcopy(model)
+    model.train()
+    optimizer = make_optimizer(attack.optimizer, model.parameters(), attack.lr)
+    loader = DataLoader(task.original_train, batch_size=attack.bs, shuffle=True, generator=generator)
+    done = 0
+    while done < steps:
+        for batch in loader:
+            if done >= steps:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            task.original_loss(model, move(batch, task.device)).backward()
+            optimizer.step()
+            done += 1
+    return model
 
 
 def finetune(model: nn.Module, task: Task, attack: Attack, seed: int = 0, progress: bool = True,
-             max_steps_per_epoch: int | None = None, after=None) -> list[dict]:
+             after=None) -> list[dict]:
     """Fine-tune a learner copy of `model` (left untouched) on the restricted training set.
 
-    Returns the test curve: one record per epoch, epoch 0 being before any step. `after(learner)`, if
-    given, sees the fine-tuned learner before it is dropped (e.g. to draw samples from it).
+    Returns the test curve: one record per epoch, epoch 0 being before any step. `seed` fixes the
+    fresh head, adapters, batch order and any noise; the global RNG is restored afterwards, so an
+    attack inside a SOPHON run does not replay the simulation's draws. A diverged attack (non-finite
+    loss or metric) leaves the attacker with the start's epoch-0 metric for the remaining epochs.
+    `after(learner)` sees the fine-tuned learner before it is dropped.
     """
-    if attack.optimizer not in ATTACK_OPTIMIZERS:
-        raise ValueError(f"unknown attack optimizer {attack.optimizer!r}; choose one of {', '.join(ATTACK_OPTIMIZERS)}")
-    torch.manual_seed(seed)  # the fresh head and the batch order: identical across starting points
-    learner = task.learner(model)
-    if attack.head_only:
-        if not task.head_prefix:
-            raise ValueError("head-only fine-tuning needs a task with a head (classification)")
-        params = list(learner.get_submodule(task.head_prefix).parameters())
-    else:
-        params = [p for p in learner.parameters() if p.requires_grad]
-    optimizer = make_optimizer(attack.optimizer, params, attack.lr)
-    loader = DataLoader(task.restricted_train, batch_size=attack.batch_size, shuffle=True, drop_last=False,
-                        generator=torch.Generator().manual_seed(seed))
-    learner.eval()
-    curve = [{"epoch": 0, **task.evaluate_restricted(learner)}]
-    for epoch in range(1, attack.epochs + 1):
-        learner.train()
-        losses = []
-        steps = tqdm(loader, desc=f"fine-tune {epoch}/{attack.epochs}", leave=False, disable=not progress)
-        for i, batch in enumerate(steps):
-            if max_steps_per_epoch is not None and i >= max_steps_per_epoch:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss = task.finetune_loss(learner, move(batch, task.device))
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+    devices = [task.device] if task.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        per_epoch = _steps_per_epoch(len(task.restricted_train), attack.bs)
+        total = attack.epochs * per_epoch
+        start = benign_phase(model, task, attack, total, generator) if attack.method == "benign" else model
+        learner = task.learner(start)
+        if attack.method == "lora":
+            learner = add_lora(learner, task.head_prefix)
+        optimizer = make_optimizer(attack.optimizer, trainable(learner, task, attack.method), attack.lr)
+        schedule = make_schedule(attack.schedule, optimizer, total)
+        loader = DataLoader(task.restricted_train, batch_size=attack.bs, shuffle=True, generator=generator)
         learner.eval()
-        curve.append({"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)),
-                      **task.evaluate_restricted(learner)})
-    if after is not None:
-        after(learner)
+        curve = [{"epoch": 0, **task.evaluate_restricted(learner)}]
+        diverged = False
+        for epoch in range(1, attack.epochs + 1):
+            # A linear probe keeps the body as it is, BatchNorm statistics included.
+            learner.train(attack.method != "head")
+            losses = []
+            for batch in tqdm(loader, desc=f"fine-tune {epoch}/{attack.epochs}", leave=False, disable=not progress):
+                optimizer.zero_grad(set_to_none=True)
+                loss = task.finetune_loss(learner, move(batch, task.device))
+                if not torch.isfinite(loss):
+                    diverged = True
+                    break
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+            learner.eval()
+            record = {} if diverged else task.evaluate_restricted(learner)
+            if diverged or not all(math.isfinite(v) for v in record.values()):
+                # Diverged: the attacker is left with the model they started from, for every epoch left.
+                curve += [dict(curve[0], epoch=e, diverged=True) for e in range(epoch, attack.epochs + 1)]
+                break
+            curve.append({"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), **record})
+        if after is not None:
+            after(learner)
     return curve

@@ -16,6 +16,7 @@ GLOBAL_DEFAULTS = dict(
     alpha=3.0, beta=5.0, lr=1e-4, fast_lr=1e-4, bs=32, ml_loop=1, nl_loop=1, total_loop=100,
     adaptation_steps=5, test_iterval=20, finetune_epochs=1, truly_finetune_epochs=5, finetune_lr=1e-4,
     finetune_bs=32, attacks="sgd", envs=0, guard=0.9, guard_action="stop", query_fraction=0.1, seed=0,
+    suite=None, seeds=3, tune=0,
 )
 
 
@@ -49,20 +50,51 @@ def base_parser(description: str, losses: tuple[str, ...] = ()) -> argparse.Argu
     ]:
         s.add_argument(f"--{flag}", type=kind, default=None, help=text)
     s.add_argument("--guard_action", default=None, choices=("stop", "decay"))
-    s.add_argument("--attacks", default=None,
-                   help="final attacks, comma-separated optimizer[:lr], e.g. sgd,adam:1e-4,sgd-momentum:1e-3")
+    a = p.add_argument_group("attacks (the evaluation)")
+    a.add_argument("--attacks", default=None,
+                   help="comma-separated optimizer[:lr][:key=value...], keys bs, epochs, lr, method "
+                        "(full|head|lora|benign), schedule (constant|cosine|warmup-cosine); optimizers "
+                        "sgd sgd-momentum nesterov adam adamw rmsprop adagrad adadelta. "
+                        "E.g. adam:1e-4:method=lora:epochs=20,sgd-momentum:1e-3:bs=8")
+    a.add_argument("--suite", default=None, choices=("quick", "standard", "full"),
+                   help="a named attack suite (README); replaces the preset's --attacks, adds any given")
+    a.add_argument("--seeds", type=int, default=None, help="attack seeds per attack (default 3)")
+    a.add_argument("--tune", type=int, default=None, metavar="N",
+                   help="Optuna trials of the tuned attacker, run first and added as the row 'tuned' (0: off)")
     s.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     return p
 
 
+def fail(message: str) -> None:
+    """A user error: one line, exit code 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 def resolve(args: argparse.Namespace, presets: dict, argv: list[str] | None = None) -> argparse.Namespace:
     """Fill flags left unset from the arch's preset, then from GLOBAL_DEFAULTS."""
+    args.attacks_given = args.attacks is not None
     preset = presets.get(args.arch, {})
     for key, value in {**GLOBAL_DEFAULTS, **preset}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, preset.get(key, value))
     args.command = " ".join(argv if argv is not None else sys.argv)
     return args
+
+
+def resolve_attacks(args, setting_name: str) -> None:
+    """Parse and check --suite/--attacks/--seeds/--tune before any model or data is loaded."""
+    from sophon.attack import AttackSpecError
+    from sophon.suites import attacks_from_args
+
+    if args.seeds < 1:
+        fail(f"--seeds must be at least 1, got {args.seeds}")
+    if args.tune < 0:
+        fail(f"--tune must be 0 (off) or a number of trials, got {args.tune}")
+    try:
+        args.attack_list = {a.label: a for a in attacks_from_args(args, setting_name)}
+    except AttackSpecError as err:
+        fail(str(err))
 
 
 def device_of(args) -> torch.device:
@@ -94,14 +126,23 @@ def _setting_parser(description: str, argv, losses=(), kind=None, extra=None, de
     return parser, setting, argv
 
 
+def parse_setting_args(description: str, argv=None, kind=CLASSIFICATION, losses=(), extra=None,
+                       default_arch: str = "tiny-gpt2"):
+    """(args, setting) with presets filled and the attacks checked: what every attacking script needs."""
+    parser, setting, argv = _setting_parser(description, argv, losses, kind=kind, extra=extra,
+                                            default_arch=default_arch)
+    args = parser.parse_args(argv)
+    args.arch = args.arch or default_arch
+    resolve(args, setting.PRESETS, argv)
+    resolve_attacks(args, setting.NAME)
+    return args, setting
+
+
 def classification_main(description: str, losses: tuple[str, ...], argv=None):
     """inverse_loss.py and kl_uniform_loss.py: the same run, a different suppression loss."""
     from sophon.experiment import protect_and_test
 
-    parser, setting, argv = _setting_parser(description, argv, losses, kind=CLASSIFICATION)
-    args = parser.parse_args(argv)
-    args.arch = args.arch or "tiny-gpt2"
-    resolve(args, setting.PRESETS, argv)
+    args, setting = parse_setting_args(description, argv, losses=losses)
     return protect_and_test(args, args.loss, setting)
 
 
@@ -112,10 +153,7 @@ def finetune_test_main(description: str, argv=None):
         p.add_argument("--start", default="sophon", choices=STARTS, help="where fine-tuning starts")
         p.add_argument("--path", default=None, help="SOPHON checkpoint (.safetensors) for --start sophon")
 
-    parser, setting, argv = _setting_parser(description, argv, kind=CLASSIFICATION, extra=extra)
-    args = parser.parse_args(argv)
-    args.arch = args.arch or "tiny-gpt2"
-    resolve(args, setting.PRESETS, argv)
+    args, setting = parse_setting_args(description, argv, extra=extra)
     return finetune_test(args, setting, args.start, args.path)
 
 
@@ -132,7 +170,6 @@ def pretrain_main(description: str, argv=None):
 def generation_main(description: str, loss: str, argv=None):
     """denial_service_loss.py and mean_squared_loss.py: the same run, a different suppression loss."""
     from sophon.experiment import finetune_test, protect_and_test
-    from sophon.tasks import diffusion
 
     def extra(p):
         p.add_argument("--finetune", metavar="CKPT", default=None,
@@ -140,12 +177,9 @@ def generation_main(description: str, loss: str, argv=None):
         p.add_argument("--pretest", choices=("pretrained", "scratch"), default=None,
                        help="only run a baseline fine-tuning test: from the pre-trained model, or from scratch")
 
-    parser, _, argv = _setting_parser(description, argv, kind="diffusion", extra=extra, default_arch="unet-tiny")
-    args = parser.parse_args(argv)
-    args.arch = args.arch or "unet-tiny"
-    resolve(args, diffusion.PRESETS, argv)
+    args, setting = parse_setting_args(description, argv, kind="diffusion", extra=extra, default_arch="unet-tiny")
     if args.finetune:
-        return finetune_test(args, diffusion, "sophon", args.finetune, loss)
+        return finetune_test(args, setting, "sophon", args.finetune, loss)
     if args.pretest:
-        return finetune_test(args, diffusion, {"pretrained": "normal", "scratch": "scratch"}[args.pretest], None, loss)
-    return protect_and_test(args, loss, diffusion)
+        return finetune_test(args, setting, {"pretrained": "normal", "scratch": "scratch"}[args.pretest], None, loss)
+    return protect_and_test(args, loss, setting)

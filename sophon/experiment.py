@@ -1,8 +1,9 @@
-"""What the scripts run: a SOPHON run followed by the three-row fine-tuning table (DESIGN §4).
+"""What the scripts run: a SOPHON run followed by the attack suite and its verdicts (DESIGN §4).
 
-protect_and_test(args, loss)  make the normal model non-fine-tunable, then attack normal / SOPHON /
-                              scratch with every --attacks entry and write table + curves + summary.
-finetune_test(args, start)    only the attacks, from one starting point (normal, sophon or scratch).
+protect_and_test(args, loss, setting)   make the normal model non-fine-tunable, then attack normal /
+                                        SOPHON / scratch with every attack and seed, judge, write.
+finetune_test(args, setting, start, path)  only the attacks, from one starting point (all three with --tune).
+evaluate(...)                           the shared part: attacks x seeds x starts -> results files.
 """
 
 import hashlib
@@ -12,25 +13,17 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from sophon import checkpoint, report
-from sophon.attack import ATTACK_OPTIMIZERS, Attack, finetune
+from sophon import verdict as V
+from sophon.attack import Attack, finetune
 from sophon.cli import args_to_json, device_of
 from sophon.protect import ProtectConfig, protect
 from sophon.simulate import Environment, sample_environments
 
 STARTS = ("normal", "sophon", "scratch")
-
-
-def parse_attacks(args) -> list[Attack]:
-    attacks = []
-    for item in str(args.attacks).split(","):
-        name, _, lr = item.strip().partition(":")
-        if name not in ATTACK_OPTIMIZERS:
-            raise ValueError(f"unknown attack {name!r} in --attacks; choose from {', '.join(ATTACK_OPTIMIZERS)}")
-        attacks.append(Attack(name, float(lr) if lr else args.finetune_lr, args.finetune_bs,
-                              args.truly_finetune_epochs))
-    return attacks
+CACHE = "attack_cache"
 
 
 def protect_config(args) -> ProtectConfig:
@@ -54,12 +47,12 @@ def new_run_dir(args, loss: str) -> Path:
     return path
 
 
-def _fingerprint(model) -> str:
-    """Identifies a model's weights, so cached baseline curves are reused only for the same model."""
+def fingerprint(model) -> str:
+    """A hash of the weights' bytes: cached curves are reused only for exactly these weights."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(f"{tensor.double().sum().item():.6e}{tensor.double().abs().sum().item():.6e}".encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -67,65 +60,115 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
 
 
-def attack_curves(model, task, attacks: list[Attack], seed: int, cache_dir: Path | None = None,
-                  artifacts=None, start: str = "", out_dir: Path | None = None) -> dict:
-    """{attack label: curve}; with cache_dir, curves of identical (weights, task, attack) are reused.
+def attack_curve(model, task, attack: Attack, seed: int, cache_dir: Path | None, weights: str,
+                 artifacts=None, name: str = "", out_dir: Path | None = None) -> list[dict]:
+    """One seeded attack; with cache_dir, a curve of identical (weights, data, attack, seed) is reused.
 
-    `artifacts(learner, name, folder) -> [paths]` (a setting's `save_finetuned`) writes files about each
-    fine-tuned learner (sample grids) into `out_dir`, named from `start` and the attack; cached with the curve.
-    """
-    curves = {}
-    for attack in attacks:
-        name = _slug(f"{start}_{attack.label}")
-        key = None
-        if cache_dir is not None:
-            blob = json.dumps([_fingerprint(model), getattr(task, "cache_key", ""), attack.to_dict(), seed])
-            key = cache_dir / (hashlib.sha256(blob.encode()).hexdigest()[:20] + ".json")
-            cached_files = sorted(cache_dir.glob(key.stem + ".file.*"))
-            if key.exists() and (artifacts is None or cached_files):
-                curves[attack.label] = json.loads(key.read_text())
-                for f in cached_files if artifacts is not None else []:
-                    shutil.copy(f, out_dir / f.name.split(".file.", 1)[1])
-                continue
-        written = []
-        after = (lambda learner: written.extend(artifacts(learner, name, out_dir))) if artifacts else None
-        curve = finetune(model, task, attack, seed=seed, after=after)
-        curves[attack.label] = curve
-        if key is not None:
-            key.parent.mkdir(parents=True, exist_ok=True)
-            key.write_text(json.dumps(curve))
-            for f in written:
-                shutil.copy(f, cache_dir / f"{key.stem}.file.{Path(f).name}")
+    `artifacts(learner, name, folder) -> [paths]` (a setting's `save_finetuned`) writes files about the
+    fine-tuned learner (sample grids) into `out_dir`; they are cached with the curve."""
+    key = None
+    if cache_dir is not None:
+        blob = json.dumps([weights, getattr(task, "cache_key", ""), attack.to_dict(), seed])
+        key = cache_dir / (hashlib.sha256(blob.encode()).hexdigest()[:20] + ".json")
+        cached_files = sorted(cache_dir.glob(key.stem + ".file.*"))
+        if key.exists() and (artifacts is None or cached_files):
+            for f in cached_files if artifacts is not None else []:
+                shutil.copy(f, out_dir / f.name.split(".file.", 1)[1])
+            return json.loads(key.read_text())
+    written = []
+    after = (lambda learner: written.extend(artifacts(learner, _slug(name), out_dir))) if artifacts else None
+    curve = finetune(model, task, attack, seed=seed, progress=False, after=after)
+    if key is not None:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_text(json.dumps(curve))
+        for f in written:
+            shutil.copy(f, cache_dir / f"{key.stem}.file.{Path(f).name}")
+    return curve
+
+
+def run_attacks(models: dict, task, attacks: dict[str, Attack], seeds: list[int], cache_dir: Path | None = None,
+                artifacts=None, out_dir: Path | None = None) -> dict:
+    """curves[start][attack name] = [curve per seed]. Sample grids only for the first attack's first seed."""
+    weights = {start: fingerprint(m) for start, m in models.items()}
+    curves = {start: {} for start in models}
+    cells = [(a, s, start) for a in attacks for s in seeds for start in models]
+    for i, (name, seed, start) in enumerate(tqdm(cells, desc="attacks x seeds x starts", dynamic_ncols=True)):
+        models[start].eval()
+        hook = artifacts if i < len(models) else None
+        curve = attack_curve(models[start], task, attacks[name], seed, cache_dir, weights[start], hook,
+                             f"{start}_{name}", out_dir)
+        curves[start].setdefault(name, []).append(curve)
     return curves
 
 
-def results_table(task, curves: dict[str, dict], originals: dict[str, dict]) -> list[dict]:
-    metric = task.restricted_metric
-    rows = []
-    for start, by_attack in curves.items():
-        for label, curve in by_attack.items():
-            best = (max if task.restricted_higher_is_better else min)(r[metric] for r in curve[1:] or curve)
-            row = {"start": start, "attack": label, f"final {metric}": curve[-1][metric],
-                   f"best {metric}": best, "epochs": curve[-1]["epoch"]}
-            for k, v in originals.get(start, {}).items():
-                row[f"original {k}"] = v
-            rows.append(row)
-    return rows
+def judge(curves: dict, task, attacks: dict[str, Attack], originals: dict, title: str) -> dict:
+    """The results.json object: rows, verdicts and worst case for every protected start."""
+    metric, higher = task.restricted_metric, task.restricted_higher_is_better
+    rows = report.summarise_rows(curves, {n: a.label for n, a in attacks.items()}, metric, higher, originals)
+    protected = [s for s in curves if s not in ("normal", "scratch")]
+    verdicts, worst = [], {}
+    if "normal" in curves and "scratch" in curves:
+        for start in protected:
+            mine = V.judge(rows, start, higher)
+            verdicts += mine
+            worst[start] = V.worst_case(mine)
+    return {"title": title, "metric": metric, "higher_is_better": higher, "rows": rows, "verdicts": verdicts,
+            "worst": worst}
 
 
-def write_results(run_dir: Path, task, curves: dict, originals: dict, title: str) -> str:
-    rows = results_table(task, curves, originals)
-    text = report.write_table(rows, run_dir / "results")
-    flat = {f"{start} | {label}": c for start, by in curves.items() for label, c in by.items()}
-    report.plot_curves(flat, task.restricted_metric, run_dir / "curves.png", title)
-    (run_dir / "curves.json").write_text(json.dumps(curves, indent=1))
-    return text
+def evaluate(args, task, setting, out_dir: Path, models: dict, attacks: dict[str, Attack], title: str,
+             stem: str = "results", figure: str = "curves") -> dict:
+    """Attack every start in `models` with every attack and seed; judge; write STEM.{json,md,csv},
+    STEM_curves.json (every curve) and FIGURE.png."""
+    seeds = [args.seed + i for i in range(args.seeds)]
+    artifacts = setting.save_finetuned(args) if hasattr(setting, "save_finetuned") else None
+    originals = {}
+    for start, model in models.items():
+        if start != "scratch":
+            model.eval()
+            originals[start] = task.evaluate_original(model)
+    curves = run_attacks(models, task, attacks, seeds, Path(args.root) / CACHE, artifacts, out_dir)
+    result = judge(curves, task, attacks, originals, title)
+    result["seeds"] = seeds
+    text = report.write_results(out_dir, stem, result)
+    (out_dir / f"{stem}_curves.json").write_text(json.dumps(curves))
+    report.plot_panels(curves, task.restricted_metric, out_dir / f"{figure}.png", title)
+    print(text, flush=True)
+    for start, worst in result["worst"].items():
+        print(V.worst_line(worst, start), flush=True)
+    print(f"table: {out_dir / (stem + '.md')}  curves: {out_dir / (figure + '.png')}", flush=True)
+    return result
+
+
+def with_tuned(args, task, setting_name: str, target, attacks: dict[str, Attack]) -> dict[str, Attack]:
+    """`--tune N`: Optuna's best attack on `target` becomes the first row, `tuned`."""
+    if not args.tune:
+        return attacks
+    from sophon.tune import search
+
+    per_epoch = -(-len(task.restricted_train) // args.finetune_bs)
+    budget = 3 * args.truly_finetune_epochs * per_epoch  # as the standard suite's longest attack
+    best, study = search(target, task, setting_name, args.tune, args.finetune_bs, args.truly_finetune_epochs,
+                         budget, args.seed, getattr(args, "suite_lr_scale", None) or 1.0)
+    print(f"tuned attacker after {args.tune} trials: {best.label} ({task.restricted_metric} {study.best_value:.4g})",
+          flush=True)
+    return {"tuned": best, **attacks}
+
+
+def protect_model(args, loss: str, setting, run_dir: Path, resume: bool = False):
+    """(task, normal model, protected model, summary): SOPHON with `loss`, written into `run_dir`."""
+    task = setting.build_task(args, loss)
+    normal = setting.build_model(args, "normal")
+    protected = setting.build_model(args, "normal")
+    meta = {"arch": args.arch, "dataset": args.dataset, "original": args.original, "loss": loss}
+    summary = protect(protected, task, protect_config(args), run_dir, meta, resume=resume)
+    print(f"SOPHON {summary['status']} after {summary['iteration']} iterations", flush=True)
+    return task, normal, protected, summary
 
 
 def protect_and_test(args, loss: str, setting) -> Path:
-    """SOPHON with `loss`, then the three-row table. Returns the run folder."""
+    """SOPHON with `loss`, then the suite and verdicts. Returns the run folder."""
     args.device = str(device_of(args))
-    torch.manual_seed(args.seed)
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "checkpoints" / "last.safetensors").exists():
@@ -135,60 +178,40 @@ def protect_and_test(args, loss: str, setting) -> Path:
         run_dir = new_run_dir(args, loss)
         (run_dir / "args.json").write_text(args_to_json(args))
     print(f"run folder: {run_dir}", flush=True)
-    task = setting.build_task(args, loss)
-    normal = setting.build_model(args, "normal")
-    protected = setting.build_model(args, "normal")
-    meta = {"arch": args.arch, "dataset": args.dataset, "original": args.original, "loss": loss}
-    summary = protect(protected, task, protect_config(args), run_dir, meta, resume=bool(args.resume))
-    print(f"SOPHON {summary['status']} after {summary['iteration']} iterations", flush=True)
-    finish(args, task, setting, run_dir, {"normal": normal, "sophon": protected}, loss)
+    task, normal, protected, _ = protect_model(args, loss, setting, run_dir, resume=bool(args.resume))
+    models = {"normal": normal, "sophon": protected, "scratch": setting.build_model(args, "scratch")}
+    attacks = with_tuned(args, task, setting.NAME, protected, args.attack_list)
+    evaluate(args, task, setting, run_dir, models, attacks, f"{loss}: {args.arch} on {args.dataset}")
     return run_dir
 
 
-def finish(args, task, setting, run_dir: Path, models: dict, title: str) -> str:
-    """Attack every starting point in `models` (plus scratch) and write the table."""
-    attacks = parse_attacks(args)
-    artifacts = setting.save_finetuned(args) if hasattr(setting, "save_finetuned") else None
-    cache = Path(args.root) / "baseline_cache"
-    models = dict(models)
-    models.setdefault("scratch", setting.build_model(args, "scratch"))
-    curves, originals = {}, {}
-    for start, model in models.items():
-        model.eval()
-        if start != "scratch":
-            originals[start] = task.evaluate_original(model)
-        # Only the baselines are cached: a SOPHON model is new each run.
-        curves[start] = attack_curves(model, task, attacks, args.seed, cache if start != "sophon" else None,
-                                      artifacts, start, run_dir)
-    text = write_results(run_dir, task, curves, originals, f"{title}: {args.arch} on {args.dataset}")
-    print(text, flush=True)
-    print(f"table: {run_dir / 'results.md'}  curves: {run_dir / 'curves.png'}", flush=True)
-    return text
+def load_protected(args, setting, path: str):
+    """A model of --arch with the weights of a SOPHON checkpoint."""
+    model = setting.build_model(args, "normal")
+    tensors, meta = checkpoint.load(path, device=args.device)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")} or tensors
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise checkpoint.CheckpointError(
+            f"{path} does not fit --arch {args.arch} (written for {meta.get('arch')}); "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
 
 
 def finetune_test(args, setting, start: str, path: str | None, loss: str = "ice") -> Path:
-    """The fine-tuning test alone, from one starting point (`loss` only names the task's suppression loss)."""
+    """The attacks from one starting point; with --tune, from all three (the tuned attacker needs them)."""
     if start not in STARTS:
         raise ValueError(f"unknown --start {start!r}; choose one of {', '.join(STARTS)}")
     if start == "sophon" and not path:
         raise ValueError("--start sophon needs --path, the .safetensors checkpoint a SOPHON run wrote")
     args.device = str(device_of(args))
     task = setting.build_task(args, loss)
-    model = setting.build_model(args, "scratch" if start == "scratch" else "normal")
-    if start == "sophon":
-        tensors, meta = checkpoint.load(path, device=args.device)
-        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")} or tensors
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise checkpoint.CheckpointError(
-                f"{path} does not fit --arch {args.arch} (written for {meta.get('arch')}); "
-                f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    build = {"normal": lambda: setting.build_model(args, "normal"),
+             "scratch": lambda: setting.build_model(args, "scratch"),
+             "sophon": lambda: load_protected(args, setting, path)}
+    models = {s: build[s]() for s in STARTS if s == start or (args.tune and (s != "sophon" or path))}
     run_dir = new_run_dir(args, "finetune_test")
     (run_dir / "args.json").write_text(args_to_json(args))
-    attacks = parse_attacks(args)
-    artifacts = setting.save_finetuned(args) if hasattr(setting, "save_finetuned") else None
-    curves = {start: attack_curves(model, task, attacks, args.seed, artifacts=artifacts, start=start,
-                                   out_dir=run_dir)}
-    originals = {} if start == "scratch" else {start: task.evaluate_original(model)}
-    print(write_results(run_dir, task, curves, originals, f"fine-tuning test from {start}"))
+    attacks = with_tuned(args, task, setting.NAME, models[start], args.attack_list)
+    evaluate(args, task, setting, run_dir, models, attacks, f"fine-tuning test from {start}: {args.arch} on {args.dataset}")
     return run_dir

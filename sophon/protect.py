@@ -137,7 +137,7 @@ class Protector:
         metrics = {f"original_{k}": v for k, v in self.task.evaluate_original(self.model).items()}
         if self.config.finetune_epochs > 0:
             attack = Attack(optimizer=self.config.envs[0].optimizer, lr=self.config.envs[0].lr,
-                            batch_size=self.config.envs[0].batch_size, epochs=self.config.finetune_epochs)
+                            bs=self.config.envs[0].batch_size, epochs=self.config.finetune_epochs)
             curve = finetune(self.model, self.task, attack, seed=self.config.seed, progress=False)
             metrics[f"finetuned_{self.task.restricted_metric}"] = curve[-1][self.task.restricted_metric]
         return metrics

@@ -1,58 +1,157 @@
-"""Result tables (markdown, CSV, JSON) and curve plots (PNG)."""
+"""What a run writes for people and programs: results.json, results.md, results.csv and curves.png.
+
+results.json  {"metric", "higher_is_better", "rows", "verdicts", "worst"}: `rows` has one entry per
+              start x attack (per-seed final/best/auc lists and their means and stds), `verdicts`
+              one per attack and protected start (sophon.verdict.judge), `worst` one per protected start.
+results.md    the same numbers as tables, worst case first.
+curves.png    one panel per attack; one colour per starting point in every figure; a band of ± std.
+"""
 
 import csv
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
+from sophon import verdict as V
 
-
-def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
-    columns = columns or list(dict.fromkeys(k for row in rows for k in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+# Fixed colours per starting point, the same in every figure of the project.
+COLOURS = {"normal": "#1f77b4", "scratch": "#7f7f7f", "sophon": "#d62728", "sophon-ice": "#d62728",
+           "sophon-dos": "#d62728", "sophon-klu": "#ff7f0e", "sophon-mse": "#ff7f0e",
+           "sophon-ice-released": "#9467bd"}
+_SPARE = ("#2ca02c", "#8c564b", "#e377c2", "#17becf")
 
 
-def write_table(rows: list[dict], stem: str | Path, columns: list[str] | None = None) -> str:
-    """Write STEM.md, STEM.csv and STEM.json; return the markdown."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    columns = columns or list(dict.fromkeys(k for row in rows for k in row))
-    text = markdown_table(rows, columns)
-    stem.with_suffix(".md").write_text(text + "\n")
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+def colour(start: str, order: int = 0) -> str:
+    return COLOURS.get(start, _SPARE[order % len(_SPARE)])
+
+
+def summarise_rows(curves: dict, specs: dict, metric: str, higher_is_better: bool,
+                   originals: dict | None = None) -> list[dict]:
+    """curves[start][attack] = [curve per seed] -> one row per start x attack."""
+    rows = []
+    for start, by_attack in curves.items():
+        for attack, per_seed in by_attack.items():
+            parts = [V.curve_summary(c, metric, higher_is_better) for c in per_seed]
+            row = {"start": start, "attack": attack, "spec": specs[attack], "seeds": len(parts)}
+            for key in ("final", "best", "auc"):
+                row[key] = [p[key] for p in parts]
+                row[f"{key}_mean"], row[f"{key}_std"] = V.mean_std(row[key])
+            row["epochs"] = per_seed[0][-1]["epoch"]
+            row["original"] = (originals or {}).get(start, {})
+            rows.append(row)
+    return rows
+
+
+def _pm(mean: float, std: float, pct: bool) -> str:
+    if pct:
+        return f"{100 * mean:.1f} ± {100 * std:.1f}"
+    return f"{mean:.4g} ± {std:.2g}"
+
+
+def _p(x) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.2f}"
+
+
+def results_markdown(result: dict) -> str:
+    metric, higher = result["metric"], result["higher_is_better"]
+    pct = metric == "accuracy"
+    unit = " (%)" if pct else ""
+    by = {(r["start"], r["attack"]): r for r in result["rows"]}
+    starts = list(dict.fromkeys(r["start"] for r in result["rows"]))
+    lines = [f"# {result.get('title', 'results')}", ""]
+    for start, worst in result["worst"].items():
+        lines.append(f"- {V.worst_line(worst, start)}")
+    lines += ["", f"Restricted test {metric}{unit} after each attack, final epoch, mean ± std over seeds "
+              f"({'higher' if higher else 'lower'} is better for the attacker). P = (normal − SOPHON) / "
+              "(normal − scratch): 1 = no better than scratch, 0 = no protection.", ""]
+    for start in [s for s in starts if s not in ("normal", "scratch")]:
+        verdicts = [v for v in result["verdicts"] if v["start"] == start]
+        # Worst case first: separating attacks by rising P, then the rest.
+        verdicts.sort(key=lambda v: (not v["separates"], v["protection"] if math.isfinite(v["protection"]) else -1e9))
+        cols = ["attack", "normal", start, "scratch", "P [95 % CI]", "P (AUC)", "separates", "verdict"]
+        lines += [f"## {start}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for v in verdicts:
+            cells = [f"`{v['attack']}`"] + [_pm(by[(s, v["attack"])]["final_mean"], by[(s, v["attack"])]["final_std"], pct)
+                                            for s in ("normal", start, "scratch")]
+            low, high = v["protection_ci"]
+            cells += [f"{_p(v['protection'])} [{_p(low)}, {_p(high)}]", _p(v["protection_auc"]),
+                      "yes" if v["separates"] else "no", v["verdict"]]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    originals = {r["start"]: r["original"] for r in result["rows"] if r["original"]}
+    if originals:
+        keys = list(dict.fromkeys(k for o in originals.values() for k in o))
+        lines += ["Original domain (before any attack):", "", "| start | " + " | ".join(keys) + " |",
+                  "|---|" + "---|" * len(keys)]
+        lines += ["| " + s + " | " + " | ".join(f"{o.get(k, float('nan')):.4g}" for k in keys) + " |"
+                  for s, o in originals.items()]
+    return "\n".join(lines) + "\n"
+
+
+def jsonable(value):
+    """NaN/inf (an undefined P) as null, so results.json is valid JSON for any reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def write_results(folder: Path, stem: str, result: dict) -> str:
+    """STEM.json, STEM.md and STEM.csv (one line per start x attack) in `folder`; returns the markdown."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(jsonable(result), indent=1))
+    text = results_markdown(result)
+    (folder / f"{stem}.md").write_text(text)
+    cols = ["start", "attack", "spec", "seeds", "final_mean", "final_std", "best_mean", "best_std", "auc_mean",
+            "auc_std", "final"]
+    with open(folder / f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
-    stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+        writer.writerows({**r, "final": " ".join(f"{x:.6g}" for x in r["final"])} for r in result["rows"])
     return text
 
 
-def plot_curves(curves: dict[str, list[dict]], metric: str, path: str | Path, title: str = "") -> Path:
-    """One line per starting point/attack: restricted test metric against fine-tuning epoch."""
+def plot_panels(curves: dict, metric: str, path: str | Path, title: str = "") -> Path:
+    """One panel per attack: the mean curve of each start over seeds, with a ± std band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    styles = {"normal": "-", "sophon": "--", "scratch": ":"}
-    for label, curve in curves.items():
-        style = next((s for k, s in styles.items() if label.startswith(k)), "-")
-        ax.plot([r["epoch"] for r in curve], [r[metric] for r in curve], style, marker="o", ms=3, label=label)
-    ax.set_xlabel("fine-tuning epoch")
-    ax.set_ylabel(f"restricted test {metric}")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    attacks = list(dict.fromkeys(a for by in curves.values() for a in by))
+    cols = min(4, len(attacks))
+    rows = -(-len(attacks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows + 0.6), squeeze=False, sharey=True)
+    for ax, attack in zip(axes.flat, attacks):
+        for i, (start, by) in enumerate(curves.items()):
+            if attack not in by:
+                continue
+            length = min(len(c) for c in by[attack])
+            values = np.array([[r[metric] for r in c[:length]] for c in by[attack]], dtype=float)
+            epochs = [r["epoch"] for r in by[attack][0][:length]]
+            mean, std = values.mean(0), values.std(0, ddof=1) if len(values) > 1 else np.zeros(length)
+            ax.plot(epochs, mean, color=colour(start, i), label=start, lw=1.6)
+            ax.fill_between(epochs, mean - std, mean + std, color=colour(start, i), alpha=0.2, lw=0)
+        ax.set_title(attack, fontsize=7.5)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(attacks):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"restricted {metric}", fontsize=8)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("fine-tuning epoch", fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=len(labels), fontsize=8)
+    fig.suptitle(title, fontsize=10, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.7 * rows + 0.6)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from sophon.optim import make_optimizer
 from sophon.task import Task, draw_batch, move, split_batch
 
 # Learning-rate ranges an attacker plausibly uses with each optimizer (log-uniform sampling).
@@ -23,21 +24,6 @@ OPTIMIZER_LR_RANGE = {
     "adamw": (1e-5, 1e-3),
     "rmsprop": (1e-5, 1e-3),
 }
-
-
-def make_optimizer(name: str, params, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "sgd-momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZER_LR_RANGE)}")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sophon import checkpoint
-from sophon.experiment import attack_curves
+from sophon.experiment import attack_curve
 from sophon.attack import Attack
 from sophon.losses import denial_of_service, mse_ascent
 from sophon.models.unet import sample, unet
@@ -126,7 +126,8 @@ def test_artifact_hook_writes_and_reuses_cached_grids(tmp_path):
     attack = Attack("sgd", 1e-3, 8, 1)
     for run in ("a", "b"):
         (tmp_path / run).mkdir()
-        curves = attack_curves(model, task, [attack], 0, tmp_path / "cache", artifacts, "normal", tmp_path / run)
-        assert (tmp_path / run / "samples_normal_sgd_lr_0.001_bs_8_full.png").read_bytes() == b"png"
-        assert len(curves[attack.label]) == 2
+        curve = attack_curve(model, task, attack, 0, tmp_path / "cache", "weights", artifacts, "normal_sgd",
+                             tmp_path / run)
+        assert (tmp_path / run / "samples_normal_sgd.png").read_bytes() == b"png"
+        assert len(curve) == 2
     assert len(calls) == 1  # the second run came from the cache, grid included

@@ -10,7 +10,7 @@ from tests.text_fixtures import save_small_gpt2
 SMALL = ["--arch", "tiny-gpt2", "--dataset", "RT", "--original", "NEWS", "--train_size", "48", "--test_size", "48",
          "--original_size", "200", "--max_len", "32", "--total_loop", "2", "--test_iterval", "1",
          "--adaptation_steps", "1", "--bs", "8", "--finetune_bs", "8", "--truly_finetune_epochs", "1",
-         "--attacks", "sgd,adam:1e-3", "--device", "cpu"]
+         "--attacks", "sgd,adam:1e-3", "--seeds", "2", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +26,14 @@ def test_protect_and_test_writes_the_three_row_table(run):
     assert run_dir.parent == root / "ice" / "tiny-gpt2_RT"
     args = json.loads((run_dir / "args.json").read_text())
     assert args["total_loop"] == 2 and args["alpha"] == 1.0  # given flag, and a tiny-gpt2 preset value
-    rows = json.loads((run_dir / "results.json").read_text())
+    result = json.loads((run_dir / "results.json").read_text())
+    rows = result["rows"]
     assert sorted({r["start"] for r in rows}) == ["normal", "scratch", "sophon"]
-    assert {r["attack"].split()[0] for r in rows} == {"sgd", "adam"}
-    assert all(0 <= r["final accuracy"] <= 1 for r in rows)
-    assert all("original perplexity" in r for r in rows if r["start"] != "scratch")
+    assert {r["attack"].split(":")[0] for r in rows} == {"sgd", "adam"}
+    assert all(len(r["final"]) == 2 for r in rows)  # --seeds 2
+    assert all("perplexity" in r["original"] for r in rows if r["start"] != "scratch")
+    assert [v["attack"] for v in result["verdicts"]] == ["sgd:0.05:bs=8:epochs=1", "adam:0.001:bs=8:epochs=1"]
+    assert result["worst"]["sophon"]["attacks"] == 2
     assert (run_dir / "curves.png").stat().st_size > 10_000
     iterations = [json.loads(l)["iteration"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert iterations == [0, 1, 2]
@@ -40,7 +43,7 @@ def test_finetune_test_from_the_sophon_checkpoint(run):
     root, model, run_dir = run
     out = finetune_test_main("test", SMALL + ["--pretrained", str(model), "--root", str(root), "--start", "sophon",
                                               "--path", str(run_dir / "checkpoints" / "final.safetensors")])
-    rows = json.loads((out / "results.json").read_text())
+    rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["start"] for r in rows] == ["sophon", "sophon"]
 
 

@@ -23,6 +23,7 @@ from sophon.losses import denial_of_service, mse_ascent
 from sophon.models.unet import UNET_CONFIGS, noise_scheduler, sample, unet
 from sophon.task import draw_batch, move
 
+NAME = "diffusion"  # the setting's name in suites and tables
 ARCHS = tuple(UNET_CONFIGS)
 SUPPRESSION_LOSSES = ("dos", "mse")
 PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "generation" / "pretrained"

@@ -23,6 +23,7 @@ from sophon.models.vision import (IMAGE_ARCHS, build_classifier, input_normalisa
                                   torchvision_weights)
 from sophon.task import replace_head
 
+NAME = "image"  # the setting's name in suites and tables
 ARCHS = IMAGE_ARCHS
 PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "classification" / "pretrained"
 
@@ -39,7 +40,7 @@ _PAPER = dict(
     dataset="CIFAR10", original="IMAGENETTE", img_size=32, alpha=3.0, beta=5.0, lr=1e-4, fast_lr=1e-4, bs=128,
     total_loop=200, adaptation_steps=50, test_iterval=20, truly_finetune_epochs=20, finetune_lr=1e-4,
     finetune_bs=128, attacks="sgd,adam:1e-4,sgd-momentum:1e-3", pretrain_epochs=30, pretrain_lr=1e-3,
-    pretrain_bs=128,
+    pretrain_bs=128, suite_lr_scale=0.1,  # suites around Adam 1e-4, as the paper's attacks
 )
 PRESETS = {
     "cnn": dict(_EMBEDDED, img_size=28),

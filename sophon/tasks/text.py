@@ -22,6 +22,7 @@ from sophon.losses import CLASSIFICATION_LOSSES
 from sophon.models.causal_lm import CausalLMClassifier, next_token_nll
 from sophon.task import replace_head
 
+NAME = "text"  # the setting's name in suites and tables
 ARCHS = ("tiny-gpt2", "gpt2", "smollm2")
 REPO = Path(__file__).resolve().parents[2]
 PRETRAINED_DIR = REPO / "classification" / "pretrained"
@@ -30,15 +31,15 @@ PRESETS = {
     "tiny-gpt2": dict(dataset="RT", original="NEWS", max_len=48, pool="mean", train_size=1000, original_size=None,
                       alpha=1.0, beta=1.0, lr=1e-3, fast_lr=5e-2, bs=32, total_loop=200, adaptation_steps=5,
                       test_iterval=50, finetune_epochs=1, truly_finetune_epochs=4, finetune_lr=5e-2,
-                      finetune_bs=32, attacks="sgd-momentum,sgd,adam:3e-4", guard=0.9),
+                      finetune_bs=32, attacks="sgd-momentum:5e-2,sgd,adam:3e-4", guard=0.9),
     "gpt2": dict(dataset="IMDB", original="PILE", max_len=256, pool="last", train_size=None, original_size=20000,
                  alpha=3.0, beta=5.0, lr=1e-5, fast_lr=1e-4, bs=8, total_loop=200, adaptation_steps=10,
                  test_iterval=50, finetune_epochs=1, truly_finetune_epochs=1, finetune_lr=1e-4,
-                 finetune_bs=8, attacks="sgd,adam:2e-5,sgd-momentum:1e-4", guard=0.9),
+                 finetune_bs=8, attacks="sgd,adam:2e-5,sgd-momentum:1e-4", guard=0.9, suite_lr_scale=0.1),
     "smollm2": dict(dataset="IMDB", original="PILE", max_len=256, pool="last", train_size=None, original_size=20000,
                     alpha=3.0, beta=5.0, lr=1e-5, fast_lr=1e-4, bs=8, total_loop=200, adaptation_steps=10,
                     test_iterval=50, finetune_epochs=1, truly_finetune_epochs=1, finetune_lr=1e-4,
-                    finetune_bs=8, attacks="sgd,adam:2e-5,sgd-momentum:1e-4", guard=0.9),
+                    finetune_bs=8, attacks="sgd,adam:2e-5,sgd-momentum:1e-4", guard=0.9, suite_lr_scale=0.1),
 }
 
 

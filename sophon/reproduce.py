@@ -1,0 +1,144 @@
+"""`python reproduce.py`: every table of the README, from nothing, resumable.
+
+For each setting: pre-train the normal model (cached), run SOPHON with both of its losses
+(results/reproduce/<setting>/<loss>/, resumed or reused when there), tune an attacker against each
+protected model (Optuna, cached in that folder as tuned.json), then attack normal, both SOPHON
+models and scratch with the tuned attackers and the suite, every seed, and write
+results/tables/<setting>.{md,csv,json,png} and results/tables/summary.md. Finished attack cells
+come from results/attack_cache, so a second run skips them.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from sophon import report
+from sophon.attack import Attack
+from sophon.cli import args_to_json, device_of, parse_setting_args, pretrain_main
+from sophon.experiment import evaluate, load_protected, protect_model
+
+# setting -> (arch of the embedded preset, its two suppression losses, kind for the parser)
+SETTINGS = {"text": ("tiny-gpt2", ("ice", "klu"), ("text", "image")),
+            "image": ("cnn", ("ice", "klu"), ("text", "image")),
+            "diffusion": ("unet-tiny", ("dos", "mse"), "diffusion")}
+DEFAULT_TUNE = 12  # Optuna trials per protected model
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--setting", default="all", choices=(*SETTINGS, "all"))
+    p.add_argument("--suite", default="standard", choices=("quick", "standard", "full"))
+    p.add_argument("--seeds", type=int, default=3, help="attack seeds per attack")
+    p.add_argument("--tune", type=int, default=DEFAULT_TUNE, help="Optuna trials of the tuned attacker (0: off)")
+    p.add_argument("--root", default="results")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data_root", default=None, help="real datasets (paper presets need --arch flags too)")
+    return p
+
+
+def _pretrain(setting: str, arch: str, common: list[str]) -> None:
+    if setting == "diffusion":
+        from sophon.tasks import diffusion
+
+        args, _ = parse_setting_args("pre-train", ["--arch", arch] + common, kind="diffusion", default_arch=arch)
+        args.device = str(device_of(args))
+        if not Path(diffusion.pretrained_path(args)).is_dir():
+            diffusion.pretrain(args)
+        return
+    pretrain_main("pre-train", ["--arch", arch] + common)
+
+
+def _protected(args, loss: str, setting_module, run_dir: Path):
+    """(task, normal, protected): reuse a finished run, resume an interrupted one, else start it."""
+    final = run_dir / "checkpoints" / "final.json"
+    if final.exists() and json.loads(final.read_text()).get("status") in ("finished", "guard_stopped"):
+        print(f"reusing the SOPHON run in {run_dir}", flush=True)
+        task = setting_module.build_task(args, loss)
+        return task, setting_module.build_model(args, "normal"), load_protected(args, setting_module, str(final))
+    resume = (run_dir / "checkpoints" / "last.safetensors").exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "args.json").write_text(args_to_json(args))
+    task, normal, protected, _ = protect_model(args, loss, setting_module, run_dir, resume=resume)
+    return task, normal, protected
+
+
+def _tuned(args, task, setting: str, model, run_dir: Path, trials: int) -> Attack:
+    from sophon.experiment import with_tuned
+
+    path = run_dir / "tuned.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("trials") == trials:
+            return Attack(**saved["attack"])
+    args.tune = trials
+    attack = with_tuned(args, task, setting, model, {})["tuned"]
+    path.write_text(json.dumps({"trials": trials, "attack": attack.to_dict()}, indent=1))
+    return attack
+
+
+def run_setting(setting: str, opts) -> dict:
+    arch, losses, kind = SETTINGS[setting]
+    common = ["--root", opts.root, "--device", opts.device] + (["--data_root", opts.data_root] if opts.data_root else [])
+    started = time.perf_counter()
+    _pretrain(setting, arch, common)
+    argv = ["--arch", arch, "--suite", opts.suite, "--seeds", str(opts.seeds)] + common
+    default_arch = arch
+    models, attacks, task, args, runs = {}, {}, None, None, {}
+    for loss in losses:
+        args, module = parse_setting_args(f"reproduce {setting}", argv, kind=kind, default_arch=default_arch)
+        args.device = str(device_of(args))
+        run_dir = Path(opts.root) / "reproduce" / setting / loss
+        runs[loss] = run_dir
+        task, normal, protected = _protected(args, loss, module, run_dir)
+        models.setdefault("normal", normal)
+        models[f"sophon-{loss}"] = protected
+        if opts.tune:
+            attacks[f"tuned-{loss}"] = _tuned(args, task, setting, protected, run_dir, opts.tune)
+    models["scratch"] = module.build_model(args, "scratch")
+    attacks.update(args.attack_list)
+    out = Path(opts.root) / "tables"
+    title = f"{setting}: {arch} on {args.dataset} (original {args.original}), suite {opts.suite}"
+    result = evaluate(args, task, module, out, models, attacks, title, stem=setting, figure=setting)
+    result["minutes"] = (time.perf_counter() - started) / 60
+    result["runs"] = {loss: str(d) for loss, d in runs.items()}
+    (out / f"{setting}.json").write_text(json.dumps(report.jsonable(result), indent=1))
+    return result
+
+
+def summary_lines(setting: str, result: dict) -> list[str]:
+    lines = []
+    originals = {r["start"]: r["original"] for r in result["rows"] if r["original"]}
+    for start, worst in result["worst"].items():
+        normal, mine = originals.get("normal", {}), originals.get(start, {})
+        key = next(iter(normal), None)
+        kept = f"{key} {mine[key]:.4g} vs normal {normal[key]:.4g}" if key in mine else "n/a"
+        lines.append(f"| {setting} | {start} | {worst['held']} / {worst['separating']} (of {worst['attacks']}) | "
+                     + (f"`{worst['attack']}` P = {worst['protection']:.2f} ({worst['verdict']})"
+                        if worst["separating"] else "no separating attack")
+                     + f" | {kept} | {result['minutes']:.1f} |")
+    return lines
+
+
+def main(argv=None) -> Path:
+    opts = parser().parse_args(argv)
+    if opts.seeds < 1 or opts.tune < 0:
+        parser().error("--seeds must be at least 1 and --tune at least 0")
+    out = Path(opts.root) / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    for setting in list(SETTINGS) if opts.setting == "all" else [opts.setting]:
+        run_setting(setting, opts)
+    # The summary holds the latest table of every setting, however many runs made them.
+    lines = ["| setting | SOPHON model | held / separating attacks | worst case | original metric | minutes |",
+             "|---|---|---|---|---|---|"]
+    for setting in SETTINGS:
+        if (out / f"{setting}.json").exists():
+            lines += summary_lines(setting, json.loads((out / f"{setting}.json").read_text()))
+    head = (f"Latest `python reproduce.py` tables (this call: suite `{opts.suite}`, {opts.seeds} seeds, tuned "
+            f"attacker with {opts.tune} Optuna trials). Each setting's table: `results/tables/<setting>.md`.")
+    text = "\n".join(["# SOPHON, every setting", "", head, ""] + lines) + "\n"
+    (out / "summary.md").write_text(text)
+    print(text)
+    print(f"summary: {out / 'summary.md'}")
+    return out / "summary.md"
