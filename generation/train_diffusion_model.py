@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sophon.cli import base_parser, resolve
-from sophon.tasks import diffusion
+from sophon.settings import diffusion
 
 parser = base_parser(__doc__.splitlines()[0])
 diffusion.add_arguments(parser)

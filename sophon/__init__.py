@@ -1,7 +1,7 @@
 """SOPHON: non-fine-tunable learning (IEEE S&P 2024), as a small library.
 
 One loop (`sophon.protect`) over three settings (text, image and diffusion tasks in
-`sophon.tasks`), a fine-tuning simulator (`sophon.simulate`), attacks (`sophon.attack`)
+`sophon.settings`), a fine-tuning simulator (`sophon.simulate`), attacks (`sophon.attack`)
 and the suppression losses (`sophon.losses`).
 """
 

@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 from sophon.models.causal_lm import CausalLMClassifier
 from sophon.protect import Protector, ProtectConfig
 from sophon.simulate import Environment
-from sophon.tasks.text import TextTask
+from sophon.settings.text import TextTask
 
 SIZES = {"tiny-gpt2": dict(n_layer=4, n_embd=128, n_head=4, vocab_size=4096),
          "gpt2": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257)}

@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from sophon.tasks import CLASSIFICATION
+from sophon.settings import CLASSIFICATION
 
 GLOBAL_DEFAULTS = dict(
     alpha=3.0, beta=5.0, lr=1e-4, fast_lr=1e-4, bs=32, ml_loop=1, nl_loop=1, total_loop=100,
@@ -109,7 +109,7 @@ def args_to_json(args) -> str:
 
 def _setting_parser(description: str, argv, losses=(), kind=None, extra=None, default_arch="tiny-gpt2"):
     """Two passes: --arch picks the setting, whose own flags are then added and parsed."""
-    from sophon.tasks import setting_for
+    from sophon.settings import setting_for
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = base_parser(description, losses)

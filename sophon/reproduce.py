@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _pretrain(setting: str, arch: str, common: list[str]) -> None:
     if setting == "diffusion":
-        from sophon.tasks import diffusion
+        from sophon.settings import diffusion
 
         args, _ = parse_setting_args("pre-train", ["--arch", arch] + common, kind="diffusion", default_arch=arch)
         args.device = str(device_of(args))

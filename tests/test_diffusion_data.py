@@ -9,7 +9,7 @@ from PIL import Image
 
 from sophon.data import DataUnavailableError
 from sophon.data import diffusion_images as di
-from sophon.tasks import diffusion
+from sophon.settings import diffusion
 
 
 def write_images(folder, n, size=(40, 60), color=(255, 255, 255)):

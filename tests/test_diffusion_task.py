@@ -15,8 +15,8 @@ from sophon.losses import denial_of_service, mse_ascent
 from sophon.models.unet import sample, unet
 from sophon.protect import ProtectConfig, protect
 from sophon.simulate import Environment
-from sophon.tasks import diffusion, setting_for
-from sophon.tasks.diffusion import DiffusionTask
+from sophon.settings import diffusion, setting_for
+from sophon.settings.diffusion import DiffusionTask
 from sophon.data.diffusion_images import InMemoryImages
 
 

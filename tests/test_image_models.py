@@ -8,8 +8,8 @@ import torch
 from sophon.models.vision import IMAGE_ARCHS, build_classifier, load_weights, read_weights, to_classifier_keys
 from sophon.protect import Protector, ProtectConfig, batchnorm_buffers
 from sophon.simulate import Environment
-from sophon.tasks import SETTING_ARCHS, setting_for
-from sophon.tasks import image as setting
+from sophon.settings import SETTING_ARCHS, setting_for
+from sophon.settings import image as setting
 
 
 def test_registered_archs_match_the_setting():

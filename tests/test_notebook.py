@@ -8,7 +8,7 @@ import torch
 from nbclient import NotebookClient
 
 from sophon.protect import ProtectConfig, protect
-from sophon.tasks import text
+from sophon.settings import text
 from tests.text_fixtures import save_small_gpt2, text_args
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "classification" / "experiment_sophon_on_gpt2.ipynb"

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from sophon.data import DataUnavailableError
 from sophon.models.causal_lm import next_token_nll
-from sophon.tasks import text
+from sophon.settings import text
 from tests.text_fixtures import save_small_gpt2, text_args
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sophon.tasks import text
+from sophon.settings import text
 from sophon.zero_shot import prompt_sentiment_accuracy
 from tests.text_fixtures import save_small_gpt2, text_args
 

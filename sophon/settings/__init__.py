@@ -32,5 +32,5 @@ def setting_for(arch: str, kind: str | tuple | None = None):
     """The setting module serving `--arch`; `kind` (a setting name or several) restricts the search."""
     for name, archs in SETTING_ARCHS.items():
         if name in _kinds(kind) and arch in archs:
-            return importlib.import_module(f"sophon.tasks.{name}")
+            return importlib.import_module(f"sophon.settings.{name}")
     raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(all_archs(kind))}")
