@@ -143,13 +143,14 @@ def _steps_per_epoch(n: int, bs: int) -> int:
     return -(-n // bs)
 
 
-def benign_phase(model: nn.Module, task: Task, attack: Attack, steps: int, generator: torch.Generator) -> nn.Module:
-    """A copy of `model` fine-tuned `steps` steps on original-domain data with the attack's optimizer:
-    the attacker who first trains on harmless data, then on the restricted data."""
+def benign_phase(model: nn.Module, task: Task, optimizer_name: str, lr: float, bs: int, steps: int,
+                 generator: torch.Generator) -> nn.Module:
+    """A copy of `model` fine-tuned `steps` steps on original-domain data with its own head: the
+    attacker who first trains on harmless data, then on the restricted data."""
     model = copy.deepcopy(model)
     model.train()
-    optimizer = make_optimizer(attack.optimizer, model.parameters(), attack.lr)
-    loader = DataLoader(task.original_train, batch_size=attack.bs, shuffle=True, generator=generator)
+    optimizer = make_optimizer(optimizer_name, model.parameters(), lr)
+    loader = DataLoader(task.original_train, batch_size=bs, shuffle=True, generator=generator)
     done = 0
     while done < steps:
         for batch in loader:
@@ -178,7 +179,8 @@ def finetune(model: nn.Module, task: Task, attack: Attack, seed: int = 0, progre
         generator = torch.Generator().manual_seed(seed)
         per_epoch = _steps_per_epoch(len(task.restricted_train), attack.bs)
         total = attack.epochs * per_epoch
-        start = benign_phase(model, task, attack, total, generator) if attack.method == "benign" else model
+        start = (benign_phase(model, task, attack.optimizer, attack.lr, attack.bs, total, generator)
+                 if attack.method == "benign" else model)
         learner = task.learner(start)
         if attack.method == "lora":
             learner = add_lora(learner, task.head_prefix)

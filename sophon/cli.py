@@ -16,7 +16,7 @@ GLOBAL_DEFAULTS = dict(
     alpha=3.0, beta=5.0, lr=1e-4, fast_lr=1e-4, bs=32, ml_loop=1, nl_loop=1, total_loop=100,
     adaptation_steps=5, test_iterval=20, finetune_epochs=1, truly_finetune_epochs=5, finetune_lr=1e-4,
     finetune_bs=32, attacks="sgd", envs=0, guard=0.9, guard_action="stop", query_fraction=0.1, seed=0,
-    suite=None, seeds=3, tune=0,
+    suite=None, seeds=3, tune=0, attackers="fixed", suppress_every=1, late_weight=0.0, query_bs=None,
 )
 
 
@@ -47,9 +47,15 @@ def base_parser(description: str, losses: tuple[str, ...] = ()) -> argparse.Argu
         ("envs", int, "0: one fixed plain-SGD environment at --fast_lr; N: sample N environments"),
         ("guard", float, "stop when the original metric falls below this fraction of its start (0: off)"),
         ("query_fraction", float, "query share of each simulated batch"),
+        ("query_bs", int, "a separate query batch of this size instead of the query_fraction split"),
+        ("suppress_every", int, "take the suppression gradient every N inner steps (and at the last)"),
+        ("late_weight", float, "weight inner step k by (k/K)^late_weight (0: uniform)"),
     ]:
         s.add_argument(f"--{flag}", type=kind, default=None, help=text)
     s.add_argument("--guard_action", default=None, choices=("stop", "decay"))
+    s.add_argument("--attackers", default=None, choices=("fixed", "sampled"),
+                   help="simulated attackers: fixed (--envs) or a new draw of max(1, --envs) every FTS step from "
+                        "the attack suite's distribution (README)")
     a = p.add_argument_group("attacks (the evaluation)")
     a.add_argument("--attacks", default=None,
                    help="comma-separated optimizer[:lr][:key=value...], keys bs, epochs, lr, method "

@@ -20,20 +20,35 @@ from sophon import verdict as V
 from sophon.attack import Attack, finetune
 from sophon.cli import args_to_json, device_of
 from sophon.protect import ProtectConfig, protect
-from sophon.simulate import Environment, sample_environments
+from sophon.simulate import AttackerDistribution, Environment, sample_environments
 
 STARTS = ("normal", "sophon", "scratch")
 CACHE = "attack_cache"
 
 
-def protect_config(args) -> ProtectConfig:
-    envs = (sample_environments(args.envs, args.bs, args.seed) if args.envs
+def attacker_distribution(args, setting_name: str) -> AttackerDistribution:
+    """The simulated attackers of `--attackers sampled`: the suite's optimizers and lr range, batch
+    sizes around --bs, linear probes (where there is a head) and benign-first episodes."""
+    from sophon.suites import HAS_HEAD, USUAL_LR_BY_SETTING
+
+    scale = getattr(args, "suite_lr_scale", None) or 1.0
+    return AttackerDistribution(usual_lr={o: lr * scale for o, lr in USUAL_LR_BY_SETTING[setting_name].items()},
+                                decades=1.0, batch_sizes=tuple(sorted({max(2, args.bs // 2), args.bs, 2 * args.bs})),
+                                head_share=0.2 if HAS_HEAD[setting_name] else 0.0, benign_share=0.1,
+                                benign_steps=args.adaptation_steps)
+
+
+def protect_config(args, setting_name: str = "image") -> ProtectConfig:
+    envs = (sample_environments(args.envs, args.bs, args.seed) if args.envs and args.attackers == "fixed"
             else [Environment("sgd", args.fast_lr, args.bs)])
+    sampled = args.attackers == "sampled"
     return ProtectConfig(alpha=args.alpha, beta=args.beta, lr=args.lr, bs=args.bs, ml_loop=args.ml_loop,
                          nl_loop=args.nl_loop, total_loop=args.total_loop, adaptation_steps=args.adaptation_steps,
                          test_iterval=args.test_iterval, finetune_epochs=args.finetune_epochs,
-                         query_fraction=args.query_fraction, envs=envs, guard=args.guard,
-                         guard_action=args.guard_action, seed=args.seed)
+                         query_fraction=args.query_fraction, envs=envs,
+                         distribution=attacker_distribution(args, setting_name) if sampled else None,
+                         n_envs=max(1, args.envs), suppress_every=args.suppress_every, late_weight=args.late_weight,
+                         query_bs=args.query_bs, guard=args.guard, guard_action=args.guard_action, seed=args.seed)
 
 
 def new_run_dir(args, loss: str) -> Path:
@@ -161,7 +176,10 @@ def protect_model(args, loss: str, setting, run_dir: Path, resume: bool = False)
     normal = setting.build_model(args, "normal")
     protected = setting.build_model(args, "normal")
     meta = {"arch": args.arch, "dataset": args.dataset, "original": args.original, "loss": loss}
-    summary = protect(protected, task, protect_config(args), run_dir, meta, resume=resume)
+    config = protect_config(args, setting.NAME)
+    args.attacker_distribution = config.distribution.to_dict() if config.distribution else None
+    (run_dir / "args.json").write_text(args_to_json(args))
+    summary = protect(protected, task, config, run_dir, meta, resume=resume)
     print(f"SOPHON {summary['status']} after {summary['iteration']} iterations", flush=True)
     return task, normal, protected, summary
 
@@ -176,7 +194,6 @@ def protect_and_test(args, loss: str, setting) -> Path:
                                     "pass the run folder printed when the run started")
     else:
         run_dir = new_run_dir(args, loss)
-        (run_dir / "args.json").write_text(args_to_json(args))
     print(f"run folder: {run_dir}", flush=True)
     task, normal, protected, _ = protect_model(args, loss, setting, run_dir, resume=bool(args.resume))
     models = {"normal": normal, "sophon": protected, "scratch": setting.build_model(args, "scratch")}

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from sophon import checkpoint
 from sophon.attack import Attack, finetune
-from sophon.simulate import Environment, Simulator
+from sophon.simulate import AttackerDistribution, Environment, Simulator
 from sophon.task import Task, draw_batch, move
 
 CLIP_NORM = 0.5  # DESIGN §1: the outer gradient's norm is clipped to 0.5
@@ -42,6 +42,13 @@ class ProtectConfig:
     finetune_epochs: int = 1  # the short fine-tuning test at each evaluation
     query_fraction: float = 0.1
     envs: list[Environment] = field(default_factory=lambda: [Environment()])
+    # Sampled attackers: `n_envs` new environments from `distribution` at every FTS step (then
+    # `envs` is unused); None keeps the fixed `envs`.
+    distribution: AttackerDistribution | None = None
+    n_envs: int = 1
+    suppress_every: int = 1  # suppression gradient every N inner steps (and at the last)
+    late_weight: float = 0.0  # weight of inner step k ∝ (k/K)^late_weight
+    query_bs: int | None = None  # a separate query batch of this size (None: query_fraction split)
     guard: float = 0.9  # relative floor of the original metric; 0 disables the guard
     guard_action: str = "stop"  # or "decay": halve alpha and go on
     seed: int = 0
@@ -53,6 +60,9 @@ class ProtectConfig:
     def from_dict(cls, d: dict) -> "ProtectConfig":
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         d["envs"] = [Environment(**e) for e in d.get("envs", [{}])]
+        if d.get("distribution"):
+            dist = dict(d["distribution"], batch_sizes=tuple(d["distribution"]["batch_sizes"]))
+            d["distribution"] = AttackerDistribution(**dist)
         return cls(**d)
 
 
@@ -87,7 +97,8 @@ class Protector:
         self.fts_opt = torch.optim.Adam(params, lr=config.alpha * config.lr)
         self.ntr_opt = torch.optim.Adam(params, lr=config.beta * config.lr)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.simulator = Simulator(task, config.adaptation_steps, config.query_fraction, self.generator)
+        self.simulator = Simulator(task, config.adaptation_steps, config.query_fraction, self.generator,
+                                   config.suppress_every, config.late_weight, config.query_bs)
         self.iteration = 0
         self.reference: dict[str, float] = {}  # original metrics before SOPHON
         self.good_state = copy.deepcopy(model.state_dict())
@@ -100,13 +111,15 @@ class Protector:
         self.model.train()
         total: dict[str, torch.Tensor] = {}
         suppression, finetune_loss = 0.0, 0.0
-        for env in self.config.envs:
+        dist = self.config.distribution
+        envs = [dist.draw(self.generator) for _ in range(self.config.n_envs)] if dist else self.config.envs
+        for env in envs:
             result = self.simulator.suppression_gradient(self.model, env)
             for n, g in result.gradient.items():
                 total[n] = total[n] + g if n in total else g
             suppression += result.suppression_loss
             finetune_loss += result.finetune_loss
-        n_env = len(self.config.envs)
+        n_env = len(envs)
         suppression /= n_env
         if not math.isfinite(suppression):
             raise NonFiniteLossError(f"suppression loss is {suppression}")

@@ -76,8 +76,10 @@ def results_markdown(result: dict) -> str:
             cells = [f"`{v['attack']}`"] + [_pm(by[(s, v["attack"])]["final_mean"], by[(s, v["attack"])]["final_std"], pct)
                                             for s in ("normal", start, "scratch")]
             low, high = v["protection_ci"]
-            cells += [f"{_p(v['protection'])} [{_p(low)}, {_p(high)}]", _p(v["protection_auc"]),
-                      "yes" if v["separates"] else "no", v["verdict"]]
+            # Without separation P divides by noise: shown in results.json, not here.
+            cells += ([f"{_p(v['protection'])} [{_p(low)}, {_p(high)}]", _p(v["protection_auc"])] if v["separates"]
+                      else ["—", "—"])
+            cells += ["yes" if v["separates"] else "no", v["verdict"]]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     originals = {r["start"]: r["original"] for r in result["rows"] if r["original"]}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sophon import report
 from sophon.attack import Attack
-from sophon.cli import args_to_json, device_of, parse_setting_args, pretrain_main
+from sophon.cli import device_of, parse_setting_args, pretrain_main
 from sophon.experiment import evaluate, load_protected, protect_model
 
 # setting -> (arch of the embedded preset, its two suppression losses, kind for the parser)
@@ -59,7 +59,6 @@ def _protected(args, loss: str, setting_module, run_dir: Path):
         return task, setting_module.build_model(args, "normal"), load_protected(args, setting_module, str(final))
     resume = (run_dir / "checkpoints" / "last.safetensors").exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "args.json").write_text(args_to_json(args))
     task, normal, protected, _ = protect_model(args, loss, setting_module, run_dir, resume=resume)
     return task, normal, protected
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sophon.optim import make_optimizer
-from sophon.task import Task, draw_batch, move, split_batch
+from sophon.task import Task, batch_size_of, draw_batch, index_batch, move, split_batch
 
 # Learning-rate ranges an attacker plausibly uses with each optimizer (log-uniform sampling).
 OPTIMIZER_LR_RANGE = {
@@ -33,6 +33,8 @@ class Environment:
     optimizer: str = "sgd"
     lr: float = 1e-4
     batch_size: int = 32
+    head_only: bool = False  # a linear probe: only the fresh head moves
+    benign_steps: int = 0  # steps on original-domain data before the restricted ones
 
     def make(self, params) -> torch.optim.Optimizer:
         return make_optimizer(self.optimizer, params, self.lr)
@@ -42,7 +44,8 @@ class Environment:
 
 
 def sample_environments(n: int, batch_size: int, seed: int) -> list[Environment]:
-    """`--envs N`: N environments with optimizer, lr (log-uniform in its range) and batch size varied."""
+    """`--envs N` with fixed attackers: N environments drawn once, optimizer, lr (log-uniform in its
+    range) and batch size varied."""
     rng = random.Random(seed)
     envs = []
     for i in range(n):
@@ -55,6 +58,47 @@ def sample_environments(n: int, batch_size: int, seed: int) -> list[Environment]
     return envs
 
 
+@dataclass(frozen=True)
+class AttackerDistribution:
+    """`--attackers sampled`: a new simulated attacker every FTS step, as TAR draws one per outer step.
+
+    optimizer uniform over `usual_lr`'s keys (the attack suite's optimizers); lr log-uniform over
+    usual × 10^[-decades, +decades]; batch size uniform over `batch_sizes`; a linear probe with
+    probability `head_share`; a benign-first episode (`benign_steps` original-domain steps) with
+    probability `benign_share`. Recorded in args.json and in every checkpoint's config."""
+
+    usual_lr: dict
+    decades: float = 1.0
+    batch_sizes: tuple = (16, 32, 64)
+    head_share: float = 0.0
+    benign_share: float = 0.0
+    benign_steps: int = 0
+
+    def draw(self, generator: torch.Generator) -> Environment:
+        u = torch.rand(4, generator=generator).tolist()
+        names = sorted(self.usual_lr)
+        name = names[int(torch.randint(len(names), (1,), generator=generator))]
+        bs = self.batch_sizes[int(torch.randint(len(self.batch_sizes), (1,), generator=generator))]
+        lr = self.usual_lr[name] * 10 ** (self.decades * (2 * u[0] - 1))
+        head = u[1] < self.head_share
+        benign = self.benign_steps if (not head and u[2] < self.benign_share) else 0
+        return Environment(name, lr, bs, head, benign)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def step_weights(steps: int, every: int = 1, late: float = 0.0) -> dict[int, float]:
+    """Which inner steps k = 1..K give a suppression gradient, and its weight: every `every`-th step
+    and always the last, weighted ∝ (k / K)^late (0: uniform), summing to 1."""
+    if every < 1:
+        raise ValueError("--suppress_every must be at least 1")
+    chosen = [k for k in range(1, steps + 1) if k % every == 0 or k == steps]
+    raw = {k: (k / steps) ** late for k in chosen}
+    total = sum(raw.values())
+    return {k: w / total for k, w in raw.items()}
+
+
 @dataclass
 class SimulationResult:
     gradient: dict[str, torch.Tensor]  # d(suppression)/dθ', keyed by θ's parameter names
@@ -64,16 +108,25 @@ class SimulationResult:
 
 class Simulator:
     def __init__(self, task: Task, adaptation_steps: int, query_fraction: float = 0.1,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, suppress_every: int = 1, late_weight: float = 0.0,
+                 query_bs: int | None = None):
         if adaptation_steps < 1:
             raise ValueError("--adaptation_steps must be at least 1")
         self.task = task
         self.adaptation_steps = adaptation_steps
         self.query_fraction = query_fraction
+        self.query_bs = query_bs
+        self.weights = step_weights(adaptation_steps, suppress_every, late_weight)
         self.generator = generator or torch.Generator().manual_seed(0)
 
-    def clone(self, model: nn.Module) -> nn.Module:
-        learner = self.task.learner(model)
+    def clone(self, model: nn.Module, env: Environment | None = None) -> nn.Module:
+        start = model
+        if env is not None and env.benign_steps:
+            from sophon.attack import benign_phase
+
+            start = benign_phase(model, self.task, env.optimizer, env.lr, env.batch_size, env.benign_steps,
+                                 self.generator)
+        learner = self.task.learner(start)
         learner.train()
         return learner
 
@@ -85,29 +138,45 @@ class Simulator:
                 if n in theta and theta[n].requires_grad and p.requires_grad
                 and not (prefix and (n == prefix or n.startswith(prefix + ".")))]
 
+    def _support_and_query(self, batch_size: int):
+        if self.query_bs is None:
+            batch = draw_batch(self.task.restricted_train, batch_size, self.generator)
+            return split_batch(move(batch, self.task.device), self.query_fraction, self.generator)
+        # A separate query, disjoint from the support (one draw without replacement, cut in two):
+        # a usable gradient instead of the 1-3 examples a 10 % share of a small batch gives.
+        batch = move(draw_batch(self.task.restricted_train, batch_size + self.query_bs, self.generator),
+                     self.task.device)
+        order = torch.arange(batch_size_of(batch))
+        n = min(batch_size, len(order) - 1)
+        return index_batch(batch, order[:n]), index_batch(batch, order[n:])
+
     def suppression_gradient(self, model: nn.Module, env: Environment) -> SimulationResult:
-        learner = self.clone(model)
+        learner = self.clone(model, env)
         names = self.shared_names(model, learner)
         params = dict(learner.named_parameters())
         shared = [params[n] for n in names]
         total = [torch.zeros_like(p) for p in shared]
-        optimizer = env.make(learner.parameters())
+        if env.head_only:
+            trainable = list(learner.get_submodule(self.task.head_prefix).parameters())
+        else:
+            trainable = list(learner.parameters())
+        optimizer = env.make(trainable)
         suppression, finetune = 0.0, 0.0
-        for _ in range(self.adaptation_steps):
-            batch = draw_batch(self.task.restricted_train, env.batch_size, self.generator)
-            support, query = split_batch(move(batch, self.task.device), self.query_fraction, self.generator)
+        for k in range(1, self.adaptation_steps + 1):
+            support, query = self._support_and_query(env.batch_size)
             optimizer.zero_grad(set_to_none=True)
             loss = self.task.finetune_loss(learner, support)
             loss.backward()
             optimizer.step()
+            finetune += loss.item()
+            if k not in self.weights:
+                continue
             # First-order: the suppression loss is differentiated at θ'_k, treating θ'_k as a leaf.
             query_loss = self.task.suppression_loss(learner, query)
             grads = torch.autograd.grad(query_loss, shared, allow_unused=True)
             for acc, g in zip(total, grads):
                 if g is not None:
-                    acc.add_(g)
-            suppression += query_loss.item()
-            finetune += loss.item()
-        k = self.adaptation_steps
-        gradient = {n: g / k for n, g in zip(names, total)}
-        return SimulationResult(gradient, suppression / k, finetune / k)
+                    acc.add_(g, alpha=self.weights[k])
+            suppression += self.weights[k] * query_loss.item()
+        gradient = dict(zip(names, total))
+        return SimulationResult(gradient, suppression, finetune / self.adaptation_steps)

@@ -64,3 +64,83 @@ def test_sampled_environments_cover_optimizers_and_keep_lr_in_range():
     assert {e.optimizer for e in envs} == {"sgd", "sgd-momentum", "adam", "adamw", "rmsprop"}
     assert all(e.batch_size in (16, 32, 64) for e in envs)
     assert all(1e-5 <= e.lr <= 1e-1 for e in envs)
+
+
+def test_step_weights_favour_late_steps_and_sum_to_one():
+    from sophon.simulate import step_weights
+
+    assert step_weights(4) == {1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25}
+    w = step_weights(10, every=4, late=1.0)  # steps 4, 8 and the last (10), weights 4:8:10
+    assert list(w) == [4, 8, 10]
+    assert [round(v, 6) for v in w.values()] == [round(4 / 22, 6), round(8 / 22, 6), round(10 / 22, 6)]
+    assert step_weights(5, every=2, late=2.0)[5] > step_weights(5, every=2, late=0.0)[5]
+
+
+def _distribution():
+    from sophon.simulate import AttackerDistribution
+
+    return AttackerDistribution({"sgd": 1e-2, "adam": 1e-3, "rmsprop": 1e-3}, decades=1.0, batch_sizes=(8, 16),
+                                head_share=0.3, benign_share=0.3, benign_steps=2)
+
+
+def test_sampled_attackers_differ_across_steps_and_repeat_under_the_same_seed():
+    dist = _distribution()
+    draws = [dist.draw(torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert draws[0] == draws[1]
+    g = torch.Generator().manual_seed(3)
+    many = [dist.draw(g) for _ in range(60)]
+    assert len(set(many)) == 60  # a new attacker every step
+    assert {e.optimizer for e in many} == {"sgd", "adam", "rmsprop"}
+    assert {e.batch_size for e in many} == {8, 16}
+    assert any(e.head_only for e in many) and any(e.benign_steps for e in many)
+    for e in many:
+        usual = dist.usual_lr[e.optimizer]
+        assert usual / 10 <= e.lr <= usual * 10
+
+
+def test_protect_draws_a_new_attacker_every_fts_step(monkeypatch):
+    from sophon import protect as P
+
+    seen = []
+    real = P.Simulator.suppression_gradient
+    monkeypatch.setattr(P.Simulator, "suppression_gradient",
+                        lambda self, model, env: seen.append(env) or real(self, model, env))
+    config = P.ProtectConfig(total_loop=4, test_iterval=10, adaptation_steps=2, bs=8, distribution=_distribution(),
+                             n_envs=2, finetune_epochs=0, guard=0)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        P.protect(Headed(), ToyTask(), config, d)
+    assert len(seen) == 8 and len(set(seen)) == 8
+
+
+def test_separate_query_batch_is_disjoint_from_the_support():
+    task = ToyTask()
+    sim = Simulator(task, 1, generator=torch.Generator().manual_seed(0), query_bs=20)
+    support, query = sim._support_and_query(16)
+    assert len(support[0]) == 16 and len(query[0]) == 20
+    rows = {tuple(r.tolist()) for r in support[0]}
+    assert not rows & {tuple(r.tolist()) for r in query[0]}
+
+
+def test_no_global_reseeding_during_a_protect_run(monkeypatch):
+    """The attacks inside the loop seed inside torch.random.fork_rng only: the global stream the
+    simulation draws its fresh heads from goes on, so no head is replayed after an evaluation."""
+    import tempfile
+
+    from sophon import protect as P
+
+    config = P.ProtectConfig(total_loop=4, test_iterval=1, adaptation_steps=1, bs=8, finetune_epochs=1, guard=0)
+    weights = []
+    real = P.Simulator.clone
+
+    def clone(self, model, env=None):
+        learner = real(self, model, env)
+        weights.append(learner.head.weight.detach().clone())  # the fresh head as drawn, before training
+        return learner
+
+    monkeypatch.setattr(P.Simulator, "clone", clone)
+    with tempfile.TemporaryDirectory() as d:
+        P.protect(Headed(), ToyTask(), config, d)
+    assert len(weights) == 4
+    assert all(not torch.equal(a, b) for i, a in enumerate(weights) for b in weights[i + 1:])

@@ -81,7 +81,7 @@ def test_results_md_and_json_agree(tmp_path):
     assert saved["worst"] == json.loads(json.dumps(result["worst"]))
     for v in saved["verdicts"]:
         line = next(l for l in text.splitlines() if l.startswith(f"| `{v['attack']}`"))
-        assert (f"{v['protection']:.2f}" if v["protection"] is not None else "— [") in line and v["verdict"] in line
+        assert (f"{v['protection']:.2f}" if v["separates"] else "| — | — |") in line and v["verdict"] in line
     for r in saved["rows"]:
         line = next(l for l in text.splitlines() if l.startswith(f"| `{r['attack']}`"))
         assert f"{100 * r['final_mean']:.1f} ± {100 * r['final_std']:.1f}" in line
