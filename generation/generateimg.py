@@ -12,7 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sophon.cli import base_parser, device_of, resolve
+from sophon.cli import base_parser, resolve
+from sophon.device import device_of
 from sophon.settings import diffusion
 
 parser = base_parser(__doc__.splitlines()[0])

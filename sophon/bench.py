@@ -15,6 +15,7 @@ import time
 import torch
 from torch.utils.data import TensorDataset
 
+from sophon.device import resolve_device
 from sophon.models.causal_lm import CausalLMClassifier
 from sophon.protect import Protector, ProtectConfig
 from sophon.simulate import Environment
@@ -43,7 +44,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     g = torch.Generator().manual_seed(0)
     cfg = SIZES[args.size]
     lm = GPT2LMHeadModel(GPT2Config(n_positions=max(64, args.seq), bos_token_id=0, eos_token_id=0, **cfg))

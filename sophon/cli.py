@@ -5,11 +5,11 @@ GLOBAL_DEFAULTS fills the rest.
 """
 
 import argparse
-import json
+import functools
+import os
 import sys
 
-import torch
-
+from sophon.device import device_of
 from sophon.settings import CLASSIFICATION
 
 GLOBAL_DEFAULTS = dict(
@@ -73,8 +73,47 @@ def base_parser(description: str, losses: tuple[str, ...] = ()) -> argparse.Argu
 
 def fail(message: str) -> None:
     """A user error: one line, exit code 2, no traceback."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
     raise SystemExit(2)
+
+
+def user_errors(main):
+    """Script entry points: what the user can fix (a name, a value, a missing file or weights, a
+    corrupt checkpoint, a NaN loss) is one `error:` line and exit code 2; SOPHON_DEBUG=1 shows the
+    traceback. Anything else is a bug and keeps its traceback."""
+    from sophon.checkpoint import CheckpointError
+    from sophon.protect import NonFiniteLossError
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as err:
+            if os.environ.get("SOPHON_DEBUG"):
+                raise
+            fail(str(err))
+    return wrapper
+
+
+# Flag -> (lowest allowed value, whether the lowest is excluded): checked before anything loads.
+_BOUNDS = {**{k: (0, True) for k in ("bs", "finetune_bs", "total_loop", "adaptation_steps", "test_iterval",
+                                      "truly_finetune_epochs", "seeds", "suppress_every", "query_bs", "lr",
+                                      "fast_lr", "finetune_lr", "max_len", "train_size", "test_size",
+                                      "original_size", "img_size", "image_size", "eval_size", "eval_repeats",
+                                      "sample_steps", "cnn_width")},
+           **{k: (0, False) for k in ("alpha", "beta", "ml_loop", "nl_loop", "finetune_epochs", "envs", "tune",
+                                      "late_weight", "guard", "n_samples")}}
+
+
+def check_values(args) -> None:
+    for key, (low, strict) in _BOUNDS.items():
+        value = getattr(args, key, None)
+        if value is not None and (value <= low if strict else value < low):
+            fail(f"--{key} must be {'greater than' if strict else 'at least'} {low}, got {value}")
+    if not 0 < args.query_fraction < 1:
+        fail(f"--query_fraction must lie between 0 and 1, got {args.query_fraction}")
+    if args.guard >= 1:
+        fail(f"--guard is a fraction of the pre-SOPHON metric below 1 (e.g. 0.9), got {args.guard}")
 
 
 def resolve(args: argparse.Namespace, presets: dict, argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,6 +124,7 @@ def resolve(args: argparse.Namespace, presets: dict, argv: list[str] | None = No
         if getattr(args, key, None) is None:
             setattr(args, key, preset.get(key, value))
     args.command = " ".join(argv if argv is not None else sys.argv)
+    check_values(args)
     return args
 
 
@@ -101,16 +141,6 @@ def resolve_attacks(args, setting_name: str) -> None:
         args.attack_list = {a.label: a for a in attacks_from_args(args, setting_name)}
     except AttackSpecError as err:
         fail(str(err))
-
-
-def device_of(args) -> torch.device:
-    if args.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(args.device)
-
-
-def args_to_json(args) -> str:
-    return json.dumps({k: v for k, v in vars(args).items()}, indent=2, default=str)
 
 
 def _setting_parser(description: str, argv, losses=(), kind=None, extra=None, default_arch="tiny-gpt2"):
@@ -144,6 +174,7 @@ def parse_setting_args(description: str, argv=None, kind=CLASSIFICATION, losses=
     return args, setting
 
 
+@user_errors
 def classification_main(description: str, losses: tuple[str, ...], argv=None):
     """inverse_loss.py and kl_uniform_loss.py: the same run, a different suppression loss."""
     from sophon.experiment import protect_and_test
@@ -152,6 +183,7 @@ def classification_main(description: str, losses: tuple[str, ...], argv=None):
     return protect_and_test(args, args.loss, setting)
 
 
+@user_errors
 def finetune_test_main(description: str, argv=None):
     from sophon.experiment import STARTS, finetune_test
 
@@ -163,6 +195,7 @@ def finetune_test_main(description: str, argv=None):
     return finetune_test(args, setting, args.start, args.path)
 
 
+@user_errors
 def pretrain_main(description: str, argv=None):
     parser, setting, argv = _setting_parser(description, argv, kind=CLASSIFICATION)
     setting.add_pretrain_arguments(parser)
@@ -173,6 +206,7 @@ def pretrain_main(description: str, argv=None):
     return setting.pretrain(args)
 
 
+@user_errors
 def generation_main(description: str, loss: str, argv=None):
     """denial_service_loss.py and mean_squared_loss.py: the same run, a different suppression loss."""
     from sophon.experiment import finetune_test, protect_and_test

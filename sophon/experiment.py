@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from sophon import checkpoint, report
 from sophon import verdict as V
 from sophon.attack import Attack, finetune
-from sophon.cli import args_to_json, device_of
+from sophon.device import device_of
 from sophon.protect import ProtectConfig, protect
 from sophon.simulate import AttackerDistribution, Environment, sample_environments
 
@@ -51,9 +51,21 @@ def protect_config(args, setting_name: str = "image") -> ProtectConfig:
                          query_bs=args.query_bs, guard=args.guard, guard_action=args.guard_action, seed=args.seed)
 
 
-def new_run_dir(args, loss: str) -> Path:
+def args_to_json(args) -> str:
+    """args.json: every resolved flag (and the command line), as run."""
+    return json.dumps(vars(args), indent=2, default=str)
+
+
+# Run folders are named as in the NLP fork's README (results/inverse_loss/..., results/kl_loss/...);
+# the exact loss variant (ice or ice-released) is in args.json.
+RUN_FOLDER = {"ice": "inverse_loss", "ice-released": "inverse_loss", "klu": "kl_loss",
+              "dos": "denial_service_loss", "mse": "mean_squared_loss"}
+
+
+def new_run_dir(args, kind: str) -> Path:
+    """results/<folder of the loss, or `kind` itself>/<arch>_<dataset>/<time>/"""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(args.root) / loss / f"{args.arch}_{args.dataset}" / stamp
+    base = Path(args.root) / RUN_FOLDER.get(kind, kind) / f"{args.arch}_{args.dataset}" / stamp
     path, n = base, 1
     while path.exists():  # two runs started within the same second
         n += 1
@@ -170,32 +182,34 @@ def with_tuned(args, task, setting_name: str, target, attacks: dict[str, Attack]
     return {"tuned": best, **attacks}
 
 
-def protect_model(args, loss: str, setting, run_dir: Path, resume: bool = False):
-    """(task, normal model, protected model, summary): SOPHON with `loss`, written into `run_dir`."""
+def protect_model(args, loss: str, setting, run_dir: Path | None = None, resume: bool = False):
+    """(run folder, task, normal model, protected model, summary): SOPHON with `loss`. Data and
+    weights are loaded before a new run folder (run_dir None) is made, so a bad name or a missing
+    file leaves nothing behind."""
     task = setting.build_task(args, loss)
     normal = setting.build_model(args, "normal")
     protected = setting.build_model(args, "normal")
+    run_dir = run_dir or new_run_dir(args, loss)
+    print(f"run folder: {run_dir}", flush=True)
     meta = {"arch": args.arch, "dataset": args.dataset, "original": args.original, "loss": loss}
     config = protect_config(args, setting.NAME)
     args.attacker_distribution = config.distribution.to_dict() if config.distribution else None
     (run_dir / "args.json").write_text(args_to_json(args))
     summary = protect(protected, task, config, run_dir, meta, resume=resume)
     print(f"SOPHON {summary['status']} after {summary['iteration']} iterations", flush=True)
-    return task, normal, protected, summary
+    return run_dir, task, normal, protected, summary
 
 
 def protect_and_test(args, loss: str, setting) -> Path:
     """SOPHON with `loss`, then the suite and verdicts. Returns the run folder."""
     args.device = str(device_of(args))
+    run_dir = None
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "checkpoints" / "last.safetensors").exists():
             raise FileNotFoundError(f"--resume {run_dir}: no checkpoints/last.safetensors there; "
                                     "pass the run folder printed when the run started")
-    else:
-        run_dir = new_run_dir(args, loss)
-    print(f"run folder: {run_dir}", flush=True)
-    task, normal, protected, _ = protect_model(args, loss, setting, run_dir, resume=bool(args.resume))
+    run_dir, task, normal, protected, _ = protect_model(args, loss, setting, run_dir, resume=bool(args.resume))
     models = {"normal": normal, "sophon": protected, "scratch": setting.build_model(args, "scratch")}
     attacks = with_tuned(args, task, setting.NAME, protected, args.attack_list)
     evaluate(args, task, setting, run_dir, models, attacks, f"{loss}: {args.arch} on {args.dataset}")

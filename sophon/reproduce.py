@@ -15,7 +15,8 @@ from pathlib import Path
 
 from sophon import report
 from sophon.attack import Attack
-from sophon.cli import device_of, parse_setting_args, pretrain_main
+from sophon.cli import parse_setting_args, pretrain_main, user_errors
+from sophon.device import device_of
 from sophon.experiment import evaluate, load_protected, protect_model
 
 # setting -> (arch of the embedded preset, its two suppression losses, kind for the parser)
@@ -59,7 +60,7 @@ def _protected(args, loss: str, setting_module, run_dir: Path):
         return task, setting_module.build_model(args, "normal"), load_protected(args, setting_module, str(final))
     resume = (run_dir / "checkpoints" / "last.safetensors").exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    task, normal, protected, _ = protect_model(args, loss, setting_module, run_dir, resume=resume)
+    _, task, normal, protected, _ = protect_model(args, loss, setting_module, run_dir, resume=resume)
     return task, normal, protected
 
 
@@ -120,6 +121,7 @@ def summary_lines(setting: str, result: dict) -> list[str]:
     return lines
 
 
+@user_errors
 def main(argv=None) -> Path:
     opts = parser().parse_args(argv)
     if opts.seeds < 1 or opts.tune < 0:

@@ -23,7 +23,7 @@ def run(tmp_path_factory):
 
 def test_protect_and_test_writes_the_three_row_table(run):
     root, _, run_dir = run
-    assert run_dir.parent == root / "ice" / "tiny-gpt2_RT"
+    assert run_dir.parent == root / "inverse_loss" / "tiny-gpt2_RT"  # the fork's folder names
     args = json.loads((run_dir / "args.json").read_text())
     assert args["total_loop"] == 2 and args["alpha"] == 1.0  # given flag, and a tiny-gpt2 preset value
     result = json.loads((run_dir / "results.json").read_text())
@@ -62,10 +62,43 @@ def test_unknown_arch_lists_the_choices(capsys):
     assert "unknown --arch 'res5'" in err and "tiny-gpt2" in err and "res18" in err
 
 
-def test_sophon_start_without_path_is_refused(run):
+def _error_line(capsys, call) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        call()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_sophon_start_without_path_is_refused(run, capsys):
     root, model, _ = run
-    with pytest.raises(ValueError, match="--path"):
-        finetune_test_main("test", SMALL + ["--pretrained", str(model), "--root", str(root), "--start", "sophon"])
+    line = _error_line(capsys, lambda: finetune_test_main(
+        "test", SMALL + ["--pretrained", str(model), "--root", str(root), "--start", "sophon"]))
+    assert "--path" in line
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--bs", "0"], "--bs must be greater than 0, got 0"),
+    (["--seeds", "0"], "--seeds must be greater than 0"),
+    (["--guard", "1.5"], "--guard is a fraction"),
+    (["--attacks", "adma:1e-3"], "unknown optimizer 'adma'"),
+    (["--attacks", "adam:1e-3:epoch=3"], "unknown part 'epoch=3'"),
+    (["--dataset", "IMDBX"], "unknown --dataset 'IMDBX'"),
+    (["--pretrained", "/nonexistent/model"], "/nonexistent/model"),
+])
+def test_user_errors_are_one_line_before_any_work(capsys, tmp_path, flags, words):
+    line = _error_line(capsys, lambda: classification_main("test", ("ice",), SMALL + ["--root", str(tmp_path)] + flags))
+    assert words in line
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_a_corrupt_checkpoint_is_one_line(run, capsys, tmp_path):
+    root, model, _ = run
+    bad = tmp_path / "final.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    line = _error_line(capsys, lambda: finetune_test_main(
+        "test", SMALL + ["--pretrained", str(model), "--root", str(root), "--start", "sophon", "--path", str(bad)]))
+    assert "corrupt" in line
 
 
 def test_classification_scripts_refuse_a_diffusion_arch(capsys):
@@ -75,7 +108,7 @@ def test_classification_scripts_refuse_a_diffusion_arch(capsys):
     assert "unknown --arch 'unet-tiny'" in err and "unet" not in err.split("choose one of")[1]
 
 
-def test_pretraining_corpus_adds_unlabelled_restricted_text(tmp_path):
+def test_pretraining_corpus_adds_unlabelled_restricted_text(tmp_path, capsys):
     from sophon.cli import pretrain_main
     from sophon.data.text import load_text
 
@@ -86,8 +119,9 @@ def test_pretraining_corpus_adds_unlabelled_restricted_text(tmp_path):
     n_news, n_rt = len(load_text("NEWS", "train")), len(load_text("RT", "train"))
     assert json.loads((with_rt / "pretraining.json").read_text())["texts"] == n_news + n_rt
     assert json.loads((alone / "pretraining.json").read_text())["texts"] == n_news
-    with pytest.raises(ValueError, match="unknown --unlabelled 'CIFAR10'"):
+    with pytest.raises(SystemExit):
         pretrain_main("test", tiny + ["--pretrained", str(tmp_path / "c"), "--unlabelled", "CIFAR10"])
+    assert "error: unknown --unlabelled 'CIFAR10'" in capsys.readouterr().err
 
 
 def test_generation_scripts_refuse_a_classification_arch(capsys):

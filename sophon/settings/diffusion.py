@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from sophon.cli import device_of
+from sophon.device import device_of
 from sophon.data.diffusion_images import DIFFUSION_DATASETS, channels_for, diffusion_dataset
 from sophon.losses import denial_of_service, mse_ascent
 from sophon.models.unet import UNET_CONFIGS, noise_scheduler, sample, unet

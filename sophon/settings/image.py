@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sophon import checkpoint
+from sophon.device import device_of
 from sophon.data.images import IMAGE_DATASETS, NUM_CLASSES, load_image_dataset
 from sophon.losses import CLASSIFICATION_LOSSES
 from sophon.models.vision import (IMAGE_ARCHS, build_classifier, input_normalisation, load_weights, read_weights,
@@ -95,13 +96,6 @@ def fill_defaults(args):
     return args
 
 
-def _device(args) -> torch.device:
-    device = getattr(args, "device", "cpu") or "cpu"
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _load(args, name: str, split: str, size: int | None) -> torch.utils.data.Dataset:
     mean, std = input_normalisation(args.arch)
     return load_image_dataset(name, split, args.img_size, mean, std, data_root=args.data_root,
@@ -171,7 +165,7 @@ def build_task(args, suppression: str) -> ImageTask:
         restricted_test=_load(args, args.dataset, "test", args.test_size),
         original_train=_load(args, args.original, "train", args.original_size),
         original_test=_load(args, args.original, "test", args.test_size),
-        restricted_classes=NUM_CLASSES[args.dataset], suppression=suppression, device=_device(args),
+        restricted_classes=NUM_CLASSES[args.dataset], suppression=suppression, device=device_of(args),
         cache_key=key)
 
 
@@ -190,7 +184,7 @@ def build_model(args, start: str) -> nn.Module:
     if start == "scratch":
         with torch.random.fork_rng(devices=[]):  # same random init every time, global RNG untouched
             torch.manual_seed(args.seed or 0)
-            return build_classifier(args.arch, classes, args.cnn_width).to(_device(args))
+            return build_classifier(args.arch, classes, args.cnn_width).to(device_of(args))
     if start != "normal":
         raise ValueError(f"unknown start {start!r}; choose normal or scratch")
     model = build_classifier(args.arch, classes, args.cnn_width)
@@ -208,7 +202,7 @@ def build_model(args, start: str) -> nn.Module:
         size = json.loads(sidecar.read_text()).get("img_size")
         if size and size != args.img_size:
             print(f"warning: {source} was pre-trained at --img_size {size}, used here at {args.img_size}")
-    return model.to(_device(args))
+    return model.to(device_of(args))
 
 
 def pretrain(args) -> Path:
@@ -218,7 +212,7 @@ def pretrain(args) -> Path:
     if path.exists() and not args.force:
         print(f"{path} exists; reusing it (add --force to train again)")
         return path
-    device = _device(args)
+    device = device_of(args)
     seed = args.seed or 0
     torch.manual_seed(seed)
     train = _load(args, args.original, "train", args.original_size)

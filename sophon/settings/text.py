@@ -17,6 +17,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from sophon.data import DataUnavailableError, cache_dir
+from sophon.device import device_of
 from sophon.data.text import ORIGINAL_TEXT, RESTRICTED_TEXT, load_text
 from sophon.losses import CLASSIFICATION_LOSSES
 from sophon.models.causal_lm import CausalLMClassifier, next_token_nll
@@ -127,7 +128,7 @@ def build_model(args, start: str) -> nn.Module:
     elif start != "normal":
         raise ValueError(f"unknown start {start!r}; use normal or scratch")
     model = CausalLMClassifier(copy.deepcopy(lm), num_classes=2, pool=_pool(args))
-    return model.to(torch.device(args.device))
+    return model.to(device_of(args))
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -244,7 +245,7 @@ def build_task(args, suppression: str) -> TextTask:
     key = f"{args.dataset}:{len(r_train)}/{len(r_test)}|{args.original}|len{args.max_len}|pool{_pool(args)}"
     return TextTask(r_train, r_test, tensors(args.original, "train", args.original_size, False),
                     tensors(args.original, "test", args.test_size, False), suppression,
-                    torch.device(args.device), cache_key=key)
+                    device_of(args), cache_key=key)
 
 
 # ---- pre-training (tiny-gpt2 only; real LMs come pre-trained) ---------------------------------
@@ -259,7 +260,7 @@ def pretrain(args) -> Path:
         print(f"pre-trained tiny-gpt2 already cached at {folder} (use --force to train again)")
         return folder
     torch.manual_seed(args.seed)
-    device = torch.device(args.device)
+    device = device_of(args)
     texts = load_text(args.original, "train", args.data_root, args.original_size).texts
     if args.unlabelled.lower() != "none":
         # Only the training split, and never its labels: the test sentences stay unseen. Without these
