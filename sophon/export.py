@@ -28,7 +28,7 @@ from torch import nn
 
 from sophon import checkpoint
 from sophon.model_card import model_card
-from sophon.tasks import setting_for  # the one door to the setting modules (text, image, diffusion)
+from sophon.settings import setting_for  # the one door to the setting modules (text, image, diffusion)
 
 
 class ExportError(ValueError):

@@ -235,7 +235,7 @@ def test_trainer_attack_runs_and_writes_the_project_table(text_run, tmp_path):
     from sophon.hf_finetune import attack_with_trainer, classifier, encode, load_tokenizer, trainer_curve
     from sophon.models.causal_lm import next_token_nll
     from sophon.data.text import load_text
-    from sophon.tasks.text import encode as project_encode
+    from sophon.settings.text import encode as project_encode
 
     _, normal, wrapper, _, release = text_run
     tokenizer = load_tokenizer(release)
