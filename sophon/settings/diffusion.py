@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from sophon.device import device_of
 from sophon.data.diffusion_images import DIFFUSION_DATASETS, channels_for, diffusion_dataset
 from sophon.losses import denial_of_service, mse_ascent
 from sophon.models.unet import UNET_CONFIGS, noise_scheduler, sample, unet
 from sophon.task import draw_batch, move
+from sophon.train import train_steps
 
 NAME = "diffusion"  # the setting's name in suites and tables
 ARCHS = tuple(UNET_CONFIGS)
@@ -234,17 +234,9 @@ def pretrain(args) -> Path:
         (step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / args.pretrain_steps))))
     generator = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
-    bar = tqdm(range(args.pretrain_steps), desc=f"pre-train {args.arch} on {args.original}", dynamic_ncols=True)
-    for step in bar:
-        model.train()
-        loss = task.original_loss(model, move(draw_batch(train, args.bs, generator), device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+    model.train()
+    train_steps(model.parameters(), lambda _: task.original_loss(model, move(draw_batch(train, args.bs, generator), device)),
+                optimizer, schedule, args.pretrain_steps, f"pre-train {args.arch} on {args.original}")
     out = Path(args.pretrained) if args.pretrained else pretrained_path(args)
     model.save_pretrained(str(out))
     metrics = {"test_mse": task.denoising_mse(model, test), "seconds": time.perf_counter() - start,

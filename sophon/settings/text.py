@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
 from sophon.data import DataUnavailableError, cache_dir
 from sophon.device import device_of
 from sophon.data.text import ORIGINAL_TEXT, RESTRICTED_TEXT, load_text
 from sophon.losses import CLASSIFICATION_LOSSES
 from sophon.models.causal_lm import CausalLMClassifier, next_token_nll
+from sophon.train import train_steps
 from sophon.task import replace_head
 
 NAME = "text"  # the setting's name in suites and tables
@@ -32,7 +32,7 @@ PRESETS = {
     "tiny-gpt2": dict(dataset="RT", original="NEWS", max_len=48, pool="mean", train_size=1000, original_size=None,
                       alpha=1.0, beta=1.0, lr=1e-3, fast_lr=5e-2, bs=32, total_loop=200, adaptation_steps=5,
                       test_iterval=50, finetune_epochs=1, truly_finetune_epochs=4, finetune_lr=5e-2,
-                      finetune_bs=32, attacks="sgd-momentum:5e-2,sgd,adam:3e-4", guard=0.9),
+                      finetune_bs=32, attacks="sgd-momentum:5e-2,adam:3e-4", guard=0.9),
     "gpt2": dict(dataset="IMDB", original="PILE", max_len=256, pool="last", train_size=None, original_size=20000,
                  alpha=3.0, beta=5.0, lr=1e-5, fast_lr=1e-4, bs=8, total_loop=200, adaptation_steps=10,
                  test_iterval=50, finetune_epochs=1, truly_finetune_epochs=1, finetune_lr=1e-4,
@@ -278,17 +278,12 @@ def pretrain(args) -> Path:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.pretrain_lr, total_steps=args.steps, pct_start=0.05)
     g = torch.Generator().manual_seed(args.seed)
     lm.train()
-    bar = tqdm(range(args.steps), desc="pre-train tiny-gpt2", dynamic_ncols=True)
-    for step in bar:
+
+    def loss_at(_):
         idx = torch.randint(0, len(ids), (args.bs,), generator=g)
-        loss = next_token_nll(model, ids[idx].to(device), mask[idx].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        return next_token_nll(model, ids[idx].to(device), mask[idx].to(device))
+
+    train_steps(lm.parameters(), loss_at, optimizer, schedule, args.steps, "pre-train tiny-gpt2")
     lm.eval()
     tiny_gpt2.save(folder, lm.cpu(), tokenizer)
     corpus = {"original": args.original, "unlabelled": args.unlabelled, "texts": len(texts), "steps": args.steps}
