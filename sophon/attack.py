@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sophon.optim import OPTIMIZERS, SCHEDULES, USUAL_LR, make_optimizer, make_schedule
+from sophon.rng import seeded
 from sophon.task import Task, move
 
 METHODS = ("full", "head", "lora", "benign")
@@ -173,9 +174,7 @@ def finetune(model: nn.Module, task: Task, attack: Attack, seed: int = 0, progre
     loss or metric) leaves the attacker with the start's epoch-0 metric for the remaining epochs.
     `after(learner)` sees the fine-tuned learner before it is dropped.
     """
-    devices = [task.device] if task.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed, task.device):
         generator = torch.Generator().manual_seed(seed)
         per_epoch = _steps_per_epoch(len(task.restricted_train), attack.bs)
         total = attack.epochs * per_epoch

@@ -67,6 +67,14 @@ def load(name: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str
     return tensors, meta
 
 
+MODEL_PREFIX = "model."  # a SOPHON run's checkpoint holds the model under this prefix, beside optimizer state
+
+
+def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's state dict inside a checkpoint's tensors (empty when there is none)."""
+    return {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+
+
 def save_model(name: str | Path, model: nn.Module, meta: dict) -> Path:
     return save(name, model.state_dict(), meta)
 

@@ -21,9 +21,11 @@ GLOBAL_DEFAULTS = dict(
 
 
 def base_parser(description: str, losses: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Raw: the scripts' docstrings are examples whose line breaks matter; defaults are added per arch.
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=names_epilog())
     g = p.add_argument_group("what to protect")
-    g.add_argument("--arch", default=None, help="model architecture (see README for the list)")
+    g.add_argument("--arch", default=None, help="model architecture; picks the setting (names below)")
     g.add_argument("--dataset", default=None, help="restricted domain")
     g.add_argument("--original", default=None, help="original domain")
     g.add_argument("--pretrained", default=None, help="pre-trained weights: a file, a save_pretrained folder or a hub id")
@@ -159,7 +161,34 @@ def _setting_parser(description: str, argv, losses=(), kind=None, extra=None, de
     except ValueError as err:
         parser.error(str(err))
     setting.add_arguments(parser)
+    show_defaults(parser, {**GLOBAL_DEFAULTS, **setting.PRESETS.get(arch, {})}, arch)
     return parser, setting, argv
+
+
+def names_epilog() -> str:
+    """Every valid --arch, --dataset and --original, per setting, for --help."""
+    from sophon.data.diffusion_images import DIFFUSION_DATASETS
+    from sophon.data.images import IMAGE_DATASETS
+    from sophon.data.text import ORIGINAL_TEXT, RESTRICTED_TEXT
+    from sophon.settings import SETTING_ARCHS
+
+    rows = [("text", RESTRICTED_TEXT, ORIGINAL_TEXT), ("image", IMAGE_DATASETS, IMAGE_DATASETS),
+            ("diffusion", DIFFUSION_DATASETS, DIFFUSION_DATASETS)]
+    lines = ["names (embedded sets run offline: RT NEWS FASHION DIGITS LFW):"]
+    for name, restricted, original in rows:
+        lines.append(f"  {name:9s} --arch {' '.join(SETTING_ARCHS[name])}")
+        lines.append(f"  {'':9s} --dataset {' '.join(restricted)}   --original {' '.join(original)}")
+    return "\n".join(lines)
+
+
+def show_defaults(parser: argparse.ArgumentParser, defaults: dict, arch: str) -> None:
+    """Append to each flag's help the value it takes for this --arch when left unset."""
+    for action in parser._actions:
+        if not action.help or action.help == argparse.SUPPRESS or action.dest == "help":
+            continue
+        value = defaults.get(action.dest, action.default)
+        if value not in (None, False, ""):
+            action.help += f" (default for --arch {arch}: {value})" if action.dest in defaults else f" (default: {value})"
 
 
 def parse_setting_args(description: str, argv=None, kind=CLASSIFICATION, losses=(), extra=None,

@@ -220,7 +220,7 @@ def load_protected(args, setting, path: str):
     """A model of --arch with the weights of a SOPHON checkpoint."""
     model = setting.build_model(args, "normal")
     tensors, meta = checkpoint.load(path, device=args.device)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")} or tensors
+    state = checkpoint.model_state(tensors) or tensors
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise checkpoint.CheckpointError(

@@ -83,7 +83,7 @@ def read_run(path: str | Path) -> Run:
     else:
         ckpt = path.with_suffix(".safetensors")
     tensors, meta = checkpoint.load(ckpt)  # CheckpointError names what is missing or corrupt
-    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model = checkpoint.model_state(tensors)
     if not model:
         raise ExportError(f"{ckpt} holds no `model.*` tensors; pass a checkpoint written by a SOPHON run")
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from sophon import checkpoint
 from sophon.attack import Attack, finetune
+from sophon.rng import draw_seed, seeded
 from sophon.simulate import AttackerDistribution, Environment, Simulator
 from sophon.task import Task, draw_batch, move
 
@@ -66,17 +67,6 @@ class ProtectConfig:
         return cls(**d)
 
 
-def batchnorm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: b.clone() for n, b in model.named_buffers()
-            if n.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-
-
-def restore_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
-    buffers = dict(model.named_buffers())
-    for n, b in saved.items():
-        buffers[n].copy_(b)
-
-
 def within_guard(task: Task, value: float, reference: float, floor: float) -> bool:
     if floor <= 0 or not math.isfinite(reference):
         return math.isfinite(value)
@@ -107,7 +97,11 @@ class Protector:
 
     # ---- one iteration ---------------------------------------------------------------------
     def fts_step(self) -> dict:
-        saved = batchnorm_buffers(self.model)
+        # Fresh heads and any noise come from the run's own generator (resumable), not the global RNG.
+        with seeded(draw_seed(self.generator), self.task.device):
+            return self._fts_step()
+
+    def _fts_step(self) -> dict:
         self.model.train()
         total: dict[str, torch.Tensor] = {}
         suppression, finetune_loss = 0.0, 0.0
@@ -130,11 +124,14 @@ class Protector:
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.grad is not None], CLIP_NORM)
         self.fts_opt.step()
-        restore_buffers(self.model, saved)
         return {"suppression_loss": suppression, "finetune_loss": finetune_loss / n_env,
                 "fts_grad_norm": float(grad_norm)}
 
     def ntr_step(self) -> dict:
+        with seeded(draw_seed(self.generator), self.task.device):
+            return self._ntr_step()
+
+    def _ntr_step(self) -> dict:
         self.model.train()
         batch = move(draw_batch(self.task.original_train, self.config.bs, self.generator), self.task.device)
         self.ntr_opt.zero_grad(set_to_none=True)
@@ -157,7 +154,7 @@ class Protector:
 
     # ---- persistence -----------------------------------------------------------------------
     def save(self, name: str) -> Path:
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors = {checkpoint.MODEL_PREFIX + k: v for k, v in self.model.state_dict().items()}
         meta = dict(self.meta, iteration=self.iteration, status=self.status, reference=self.reference,
                     config=self.config.to_dict())
         for prefix, opt in (("fts_opt", self.fts_opt), ("ntr_opt", self.ntr_opt)):
@@ -169,7 +166,7 @@ class Protector:
 
     def restore(self, name: str | Path) -> None:
         tensors, meta = checkpoint.load(name if Path(name).is_absolute() else self.run_dir / "checkpoints" / name)
-        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        state = checkpoint.model_state(tensors)
         self.model.load_state_dict(state)
         for prefix, opt in (("fts_opt", self.fts_opt), ("ntr_opt", self.ntr_opt)):
             checkpoint.restore_optimizer(opt, prefix, tensors, meta[prefix])

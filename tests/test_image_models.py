@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sophon.models.vision import IMAGE_ARCHS, build_classifier, load_weights, read_weights, to_classifier_keys
-from sophon.protect import Protector, ProtectConfig, batchnorm_buffers
+from sophon.protect import Protector, ProtectConfig
 from sophon.simulate import Environment
 from sophon.settings import SETTING_ARCHS, setting_for
 from sophon.settings import image as setting
@@ -62,7 +62,13 @@ def test_learner_replaces_only_the_head():
         assert torch.equal(value, before[name])
 
 
+def batchnorm_buffers(model):
+    return {n: b.clone() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var"))}
+
+
 def test_batchnorm_statistics_unchanged_by_a_simulation_step(tmp_path):
+    """FTS trains a deep copy (DESIGN §1), so θ's BatchNorm statistics stay as they were with no
+    save/restore at all; this fails if the simulation ever trains θ's own modules."""
     args, task = _cnn_task()
     model = setting.build_model(args, "scratch")
     saved = batchnorm_buffers(model)

@@ -72,3 +72,84 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path):
         checkpoint.load(tmp_path / "ckpt")
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
         checkpoint.load(tmp_path / "missing")
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tmp_path):
+    task = ToyTask()
+    start = Headed()
+    whole = Headed()
+    whole.load_state_dict(start.state_dict())
+    protect(whole, task, config(total_loop=4), tmp_path / "whole")
+    first = Headed()
+    first.load_state_dict(start.state_dict())
+    protect(first, task, config(total_loop=2), tmp_path / "split")
+    torch.manual_seed(999)  # a different process state: the run must not depend on the global RNG
+    resumed = Headed()
+    protect(resumed, task, config(total_loop=4), tmp_path / "split", resume=True)
+    for name, value in _weights(whole).items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_a_run_leaves_the_global_rng_untouched(tmp_path):
+    model, task = Headed(), ToyTask()
+    state = torch.get_rng_state()
+    protect(model, task, config(), tmp_path)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_outer_step_is_adam_at_alpha_lr_after_clipping_to_half(tmp_path, monkeypatch):
+    from sophon import protect as P
+    from sophon.simulate import SimulationResult
+
+    model, task = Headed(), ToyTask()
+    huge = {n: torch.full_like(p, 10.0) for n, p in model.named_parameters() if n.startswith("body.")}
+    monkeypatch.setattr(P.Simulator, "suppression_gradient", lambda self, m, env: SimulationResult(huge, 0.0, 0.0))
+    protector = P.Protector(model, task, config(alpha=3.0, lr=1e-2), tmp_path)
+    before = _weights(model)
+    protector.fts_step()
+    expected = Headed()
+    expected.load_state_dict(before)
+    norm = torch.sqrt(sum((g ** 2).sum() for g in huge.values()))
+    opt = torch.optim.Adam([p for n, p in expected.named_parameters()], lr=3.0 * 1e-2)
+    for n, p in expected.named_parameters():
+        if n in huge:
+            p.grad = huge[n] * (0.5 / norm)
+    opt.step()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p, expected.state_dict()[n])
+    assert protector.fts_opt.param_groups[0]["lr"] == pytest.approx(0.03)
+
+
+def test_several_environments_are_averaged(tmp_path, monkeypatch):
+    from sophon import protect as P
+    from sophon.simulate import Environment, SimulationResult
+
+    model, task = Headed(), ToyTask()
+    grads = {0.1: 1.0, 0.2: 3.0}  # env lr -> the gradient its simulation returns
+    monkeypatch.setattr(P.Simulator, "suppression_gradient", lambda self, m, env: SimulationResult(
+        {"body.bias": torch.full_like(m.body.bias, grads[env.lr]) * 1e-3}, 0.0, 0.0))
+    protector = P.Protector(model, task, config(envs=[Environment("sgd", 0.1), Environment("sgd", 0.2)]), tmp_path)
+    protector.fts_step()
+    torch.testing.assert_close(model.body.bias.grad, torch.full_like(model.body.bias, 2.0e-3))  # mean, under the clip
+
+
+@pytest.mark.parametrize("action, status", [("stop", "guard_stopped"), ("decay", "finished")])
+def test_guard_on_a_lower_is_better_metric(tmp_path, action, status):
+    model, task = Headed(), ToyTask()
+    task.original_metric, task.original_higher_is_better = "perplexity", False
+    # before SOPHON 100; evaluations at iterations 2 and 4: 120 crosses the 100 / 0.9 = 111 ceiling, 105 does not
+    values = iter([100.0, 120.0, 105.0])
+    task.evaluate_original = lambda m: {"perplexity": next(values)}
+    summary = protect(model, task, config(guard=0.9, guard_action=action, finetune_epochs=0), tmp_path)
+    assert summary["status"] == status
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "guard" in records[2]
+    if action == "decay":
+        last, _ = checkpoint.load(tmp_path / "checkpoints" / "final")
+        assert last["fts_opt.0.step"] is not None
+        assert json.loads((tmp_path / "checkpoints" / "final.json").read_text())["fts_opt"]["param_groups"][0]["lr"] \
+            == pytest.approx(0.5 * 3.0 * 1e-2)  # halved once

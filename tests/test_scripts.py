@@ -137,3 +137,7 @@ def test_help_lists_the_settings_own_flags(capsys):
         classification_main("test", ("ice",), ["--arch", "cnn", "--help"])
     out = capsys.readouterr().out
     assert "--img_size" in out and "--alpha" in out
+    flat = " ".join(out.split())
+    assert "FTS step size = alpha * lr (default for --arch cnn: 10.0)" in flat  # the preset's value
+    assert "--arch cnn res18 res34 res50 vgg caformer" in flat and "--dataset RT IMDB" in flat
+    assert "unet-tiny unet-paper" in flat and "CELEBA" in flat

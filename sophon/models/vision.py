@@ -115,9 +115,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         from sophon import checkpoint
 
         tensors, _ = checkpoint.load(path)
-        # A SOPHON run's checkpoint stores the model under "model." next to optimizer state.
-        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        return model or tensors
+        return checkpoint.model_state(tensors) or tensors
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):  # common wrappers of a state dict
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -166,7 +166,7 @@ def load_unet(path: str | Path, args) -> nn.Module:
         from sophon import checkpoint
 
         tensors, _ = checkpoint.load(path)
-        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")} or tensors
+        state = checkpoint.model_state(tensors) or tensors
         model = unet(args.arch, channels_of(args), args.image_size)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
