@@ -67,7 +67,9 @@ def test_fashion_idx_files(tmp_path):
 
 
 def test_missing_data_errors_name_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(di, "FASHION_DIRS", (str(tmp_path / "nowhere"),))
+    from sophon.data import images
+
+    monkeypatch.setattr(images, "FASHION_SYSTEM_DIR", tmp_path / "nowhere")
     with pytest.raises(DataUnavailableError, match="dataset-fashion-mnist"):
         di.diffusion_dataset("FASHION", "train")
     with pytest.raises(DataUnavailableError, match="--data_root"):

@@ -12,19 +12,17 @@ Real                CIFAR100 torchvision, <data_root>/cifar-100-python/ (--downl
 Small sets are held in memory as uint8 tensors; image folders are read lazily.
 """
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from sophon.data import DataUnavailableError
+from sophon.data.images import load_fashion_images, resize_uint8
 
 DIFFUSION_DATASETS = ("FASHION", "LFW", "CIFAR100", "CELEBA", "FFHQ")
 GRAYSCALE = ("FASHION", "LFW")
-FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 LFW_TRAIN_FACES = 80
 
@@ -89,33 +87,13 @@ class TorchvisionImages(Dataset):
         return x.flip(-1) if self.flip and torch.rand(()) < 0.5 else x
 
 
-def resize_uint8(images: np.ndarray, size: int, channels: int) -> torch.Tensor:
-    """(N, H, W) grey images in [0, 255] -> (N, channels, size, size) uint8 (antialiased bilinear)."""
-    x = torch.from_numpy(np.asarray(images, dtype=np.float32))[:, None]
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1).contiguous()
-
-
-def _read_idx_images(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    n, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
-    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols)
+def _grey(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+    """N x 1 x H x W values in [0, 255] -> N x channels x size x size uint8."""
+    return resize_uint8(images, size).expand(-1, channels, -1, -1).contiguous()
 
 
 def fashion(split: str, size: int, channels: int, data_root: str | None) -> Dataset:
-    stem = "train" if split == "train" else "t10k"
-    candidates = ([Path(data_root) / "FashionMNIST" / "raw", Path(data_root) / "fashion-mnist"] if data_root else [])
-    candidates += [Path(d) for d in FASHION_DIRS]
-    for folder in candidates:
-        path = folder / f"{stem}-images-idx3-ubyte.gz"
-        if path.exists():
-            return InMemoryImages(resize_uint8(_read_idx_images(path), size, channels), flip=split == "train")
-    raise DataUnavailableError(
-        f"FASHION ({stem}-images-idx3-ubyte.gz) not found in {', '.join(map(str, candidates))}; install the "
-        "Debian package `dataset-fashion-mnist` (apt-get install dataset-fashion-mnist) or put torchvision's "
-        "FashionMNIST/raw/ folder under --data_root")
+    return InMemoryImages(_grey(load_fashion_images(split, data_root), size, channels), flip=split == "train")
 
 
 def lfw(split: str, size: int, channels: int) -> Dataset:
@@ -125,7 +103,8 @@ def lfw(split: str, size: int, channels: int) -> Dataset:
         raise DataUnavailableError("LFW needs scikit-image (pip install scikit-image)") from err
     faces = lfw_subset()[:100] * 255.0  # the first 100 of the 200 images are faces, the rest are not
     faces = faces[:LFW_TRAIN_FACES] if split == "train" else faces[LFW_TRAIN_FACES:]
-    return InMemoryImages(resize_uint8(faces, size, channels), flip=split == "train")
+    return InMemoryImages(_grey(torch.from_numpy(np.asarray(faces, dtype=np.float32))[:, None], size, channels),
+                          flip=split == "train")
 
 
 def _root(name: str, data_root: str | None) -> Path:

@@ -53,9 +53,10 @@ class ImageTensors(Dataset):
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize of a uint8 N x C x H x W stack, in chunks to bound memory."""
+    """Bilinear resize of an N x C x H x W stack of values in [0, 255] (uint8 or float) to uint8,
+    antialiased when shrinking, in chunks to bound memory. Every image set here goes through it."""
     if images.shape[-1] == size and images.shape[-2] == size:
-        return images
+        return images if images.dtype == torch.uint8 else images.round().clamp(0, 255).to(torch.uint8)
     out = [F.interpolate(chunk.float(), size=(size, size), mode="bilinear", align_corners=False,
                          antialias=size < chunk.shape[-1]).round().clamp(0, 255).to(torch.uint8)
            for chunk in images.split(4096)]
@@ -76,31 +77,39 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def fashion_dir(data_root: str | None) -> Path:
+def fashion_dir(data_root: str | None, split: str = "train") -> Path:
     """Where the Fashion-MNIST idx files lie: --data_root first, then the Debian package's folder."""
+    from sophon.data import DataUnavailableError
+
     candidates = []
     if data_root:
         root = Path(data_root)
         candidates += [root / "fashion-mnist", root / "FashionMNIST" / "raw", root]
     candidates.append(FASHION_SYSTEM_DIR)
+    name = FASHION_FILES[split][0]
     for folder in candidates:
-        if all((folder / f).exists() or (folder / (f + ".gz")).exists() for f in FASHION_FILES["train"]):
+        if (folder / name).exists() or (folder / (name + ".gz")).exists():
             return folder
-    raise FileNotFoundError(
+    raise DataUnavailableError(
         "FASHION (Fashion-MNIST) not found: install the Debian package `dataset-fashion-mnist` "
         f"(apt-get install dataset-fashion-mnist, files in {FASHION_SYSTEM_DIR}), or put "
         "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
-        "t10k-labels-idx1-ubyte.gz under <--data_root>/fashion-mnist/")
+        "t10k-labels-idx1-ubyte.gz under <--data_root>/fashion-mnist/ (or torchvision's FashionMNIST/raw/)")
+
+
+def _idx(folder: Path, name: str) -> np.ndarray:
+    return read_idx(folder / name if (folder / name).exists() else folder / (name + ".gz"))
+
+
+def load_fashion_images(split: str, data_root: str | None = None) -> torch.Tensor:
+    """Fashion-MNIST images as uint8 N x 1 x 28 x 28 (the labels are not needed for generation)."""
+    folder = fashion_dir(data_root, split)
+    return torch.from_numpy(_idx(folder, FASHION_FILES[split][0]).copy()).unsqueeze(1)
 
 
 def load_fashion(split: str, data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    folder = fashion_dir(data_root)
-    found = []
-    for name in FASHION_FILES[split]:
-        path = folder / name if (folder / name).exists() else folder / (name + ".gz")
-        found.append(read_idx(path))
-    images, labels = found
-    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+    labels = _idx(fashion_dir(data_root, split), FASHION_FILES[split][1])
+    return load_fashion_images(split, data_root), torch.from_numpy(labels.astype(np.int64))
 
 
 def load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
