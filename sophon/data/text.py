@@ -8,7 +8,6 @@ Real: IMDB and PILE from the Hugging Face hub, or local copies under --data_root
 The hub's own parquet layout (imdb/plain_text/train-00000-of-00001.parquet) is found too.
 """
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,17 +71,12 @@ def _local_files(data_root: str | None, folder: str, split: str) -> list[Path]:
 
 
 def _read_table(paths: list[Path]) -> list[dict]:
-    import pandas as pd
+    """Rows of local parquet / csv / jsonl files, read with `datasets` (one builder per file type)."""
+    from datasets import concatenate_datasets, load_dataset
 
-    frames = []
-    for p in paths:
-        if p.suffix == ".parquet":
-            frames.append(pd.read_parquet(p))
-        elif p.suffix == ".csv":
-            frames.append(pd.read_csv(p))
-        else:
-            frames.append(pd.DataFrame([json.loads(l) for l in p.read_text().splitlines() if l.strip()]))
-    return pd.concat(frames).to_dict("records")
+    builder = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json"}
+    parts = [load_dataset(builder[p.suffix], data_files=str(p), split="train") for p in paths]
+    return concatenate_datasets(parts).to_list() if len(parts) > 1 else parts[0].to_list()
 
 
 def load_imdb(split: str, data_root: str | None, max_examples: int | None) -> TextSet:
