@@ -10,6 +10,7 @@ batch size: the ratio printed is the simulation's overhead.
 
 import argparse
 import resource
+import tempfile
 import time
 
 import torch
@@ -37,6 +38,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="tiny-gpt2", choices=SIZES)
     p.add_argument("--adaptation_steps", type=int, default=5)
+    p.add_argument("--suppress_every", type=int, default=1, help="suppression gradient every N inner steps")
     p.add_argument("--bs", type=int, default=32)
     p.add_argument("--seq", type=int, default=48)
     p.add_argument("--iters", type=int, default=5)
@@ -53,9 +55,11 @@ def main(argv=None) -> dict:
     task = TextTask(random_tokens(n, args.seq, cfg["vocab_size"], True, g), random_tokens(8, args.seq, cfg["vocab_size"], True, g),
                     random_tokens(n, args.seq, cfg["vocab_size"], False, g), random_tokens(8, args.seq, cfg["vocab_size"], False, g),
                     "ice", device)
-    config = ProtectConfig(adaptation_steps=args.adaptation_steps, bs=args.bs, finetune_epochs=0,
+    config = ProtectConfig(adaptation_steps=args.adaptation_steps, suppress_every=args.suppress_every, bs=args.bs,
+                           finetune_epochs=0,
                            envs=[Environment("sgd", 1e-4, args.bs)])
-    protector = Protector(model, task, config, run_dir="/tmp/sophon-bench")
+    scratch = tempfile.TemporaryDirectory()  # the loop's run folder: the steps timed here write nothing in it
+    protector = Protector(model, task, config, run_dir=scratch.name)
 
     def timed(fn, repeats):
         fn()  # warm-up
@@ -82,7 +86,8 @@ def main(argv=None) -> dict:
     plain = timed(plain_steps, args.iters)
     peak = (torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    result = {"size": args.size, "device": str(device), "K": args.adaptation_steps, "bs": args.bs, "seq": args.seq,
+    result = {"size": args.size, "device": str(device), "K": args.adaptation_steps,
+              "suppress_every": args.suppress_every, "bs": args.bs, "seq": args.seq,
               "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
               "outer_iteration_s": outer, "plain_K+1_steps_s": plain, "overhead_ratio": outer / plain,
               "peak_memory_GiB": peak}
