@@ -6,7 +6,6 @@ An attack is written as a spec, `optimizer[:lr][:key=value...]`, e.g.
 `adam:1e-4:method=lora:epochs=20` or `sgd-momentum:1e-3:bs=8:schedule=warmup-cosine`.
 """
 
-import copy
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 
 from sophon.optim import OPTIMIZERS, SCHEDULES, USUAL_LR, make_optimizer, make_schedule
 from sophon.rng import seeded
+from sophon.train import benign_phase
 from sophon.task import Task, move
 
 METHODS = ("full", "head", "lora", "benign")
@@ -142,26 +142,6 @@ def trainable(learner: nn.Module, task: Task, method: str) -> list[nn.Parameter]
 
 def _steps_per_epoch(n: int, bs: int) -> int:
     return -(-n // bs)
-
-
-def benign_phase(model: nn.Module, task: Task, optimizer_name: str, lr: float, bs: int, steps: int,
-                 generator: torch.Generator) -> nn.Module:
-    """A copy of `model` fine-tuned `steps` steps on original-domain data with its own head: the
-    attacker who first trains on harmless data, then on the restricted data."""
-    model = copy.deepcopy(model)
-    model.train()
-    optimizer = make_optimizer(optimizer_name, model.parameters(), lr)
-    loader = DataLoader(task.original_train, batch_size=bs, shuffle=True, generator=generator)
-    done = 0
-    while done < steps:
-        for batch in loader:
-            if done >= steps:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            task.original_loss(model, move(batch, task.device)).backward()
-            optimizer.step()
-            done += 1
-    return model
 
 
 def finetune(model: nn.Module, task: Task, attack: Attack, seed: int = 0, progress: bool = True,

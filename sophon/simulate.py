@@ -15,6 +15,7 @@ from torch import nn
 
 from sophon.optim import make_optimizer
 from sophon.task import Task, batch_size_of, draw_batch, index_batch, move, split_batch
+from sophon.train import benign_phase
 
 # Learning-rate ranges an attacker plausibly uses with each optimizer (log-uniform sampling).
 OPTIMIZER_LR_RANGE = {
@@ -122,8 +123,6 @@ class Simulator:
     def clone(self, model: nn.Module, env: Environment | None = None) -> nn.Module:
         start = model
         if env is not None and env.benign_steps:
-            from sophon.attack import benign_phase
-
             start = benign_phase(model, self.task, env.optimizer, env.lr, env.batch_size, env.benign_steps,
                                  self.generator)
         learner = self.task.learner(start)

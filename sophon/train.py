@@ -1,7 +1,15 @@
-"""The plain training loop that pre-training shares (tiny-gpt2 on text, the UNet on images)."""
+"""Plain training: the loop pre-training shares (tiny-gpt2, the UNet), and the benign phase an
+attacker (real or simulated) runs on original-domain data before the restricted one."""
+
+import copy
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from sophon.optim import make_optimizer
+from sophon.task import Task, move
 
 
 def train_steps(params, loss_at, optimizer, schedule, steps: int, desc: str, clip: float = 1.0) -> None:
@@ -17,3 +25,23 @@ def train_steps(params, loss_at, optimizer, schedule, steps: int, desc: str, cli
         schedule.step()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+
+
+def benign_phase(model: nn.Module, task: Task, optimizer_name: str, lr: float, bs: int, steps: int,
+                 generator: torch.Generator) -> nn.Module:
+    """A copy of `model` fine-tuned `steps` steps on original-domain data with its own head: the
+    attacker who first trains on harmless data, then on the restricted data."""
+    model = copy.deepcopy(model)
+    model.train()
+    optimizer = make_optimizer(optimizer_name, model.parameters(), lr)
+    loader = DataLoader(task.original_train, batch_size=bs, shuffle=True, generator=generator)
+    done = 0
+    while done < steps:
+        for batch in loader:
+            if done >= steps:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            task.original_loss(model, move(batch, task.device)).backward()
+            optimizer.step()
+            done += 1
+    return model
