@@ -38,7 +38,7 @@ def attacker_distribution(args, setting_name: str) -> AttackerDistribution:
                                 benign_steps=args.adaptation_steps)
 
 
-def protect_config(args, setting_name: str = "image") -> ProtectConfig:
+def protect_config(args, setting_name: str) -> ProtectConfig:
     envs = (sample_environments(args.envs, args.bs, args.seed) if args.envs and args.attackers == "fixed"
             else [Environment("sgd", args.fast_lr, args.bs)])
     sampled = args.attackers == "sampled"
