@@ -102,6 +102,7 @@ def run_setting(setting: str, opts) -> dict:
     title = f"{setting}: {arch} on {args.dataset} (original {args.original}), suite {opts.suite}"
     result = evaluate(args, task, module, out, models, attacks, title, stem=setting, figure=setting)
     result["minutes"] = (time.perf_counter() - started) / 60
+    result["suite"] = opts.suite
     result["runs"] = {loss: str(d) for loss, d in runs.items()}
     (out / f"{setting}.json").write_text(json.dumps(report.jsonable(result), indent=1))
     return result
@@ -110,15 +111,31 @@ def run_setting(setting: str, opts) -> dict:
 def summary_lines(setting: str, result: dict) -> list[str]:
     lines = []
     originals = {r["start"]: r["original"] for r in result["rows"] if r["original"]}
+    suite = result.get("suite") or result["title"].rsplit("suite ", 1)[-1]
+    runs = f"{suite}, {len(result.get('seeds', []))} seeds"
     for start, worst in result["worst"].items():
         normal, mine = originals.get("normal", {}), originals.get(start, {})
         key = next(iter(normal), None)
         kept = f"{key} {mine[key]:.4g} vs normal {normal[key]:.4g}" if key in mine else "n/a"
-        lines.append(f"| {setting} | {start} | {worst['held']} / {worst['separating']} (of {worst['attacks']}) | "
+        lines.append(f"| {setting} | {start} | {runs} | {worst['held']} / {worst['separating']} (of {worst['attacks']}) | "
                      + (f"`{worst['attack']}` P = {worst['protection']:.2f} ({worst['verdict']})"
                         if worst["separating"] else "no separating attack")
                      + f" | {kept} | {result['minutes']:.1f} |")
     return lines
+
+
+def write_summary(out: Path) -> str:
+    """summary.md: the latest table of every setting, however many calls made them."""
+    lines = ["| setting | SOPHON model | suite | held / separating attacks | worst case | original metric | minutes |",
+             "|---|---|---|---|---|---|---|"]
+    for setting in SETTINGS:
+        if (out / f"{setting}.json").exists():
+            lines += summary_lines(setting, json.loads((out / f"{setting}.json").read_text()))
+    head = ("Latest `python reproduce.py` table of each setting (`results/tables/<setting>.md`); minutes are "
+            "the last call's wall time for that setting.")
+    text = "\n".join(["# SOPHON, every setting", "", head, ""] + lines) + "\n"
+    (out / "summary.md").write_text(text)
+    return text
 
 
 @user_errors
@@ -130,16 +147,6 @@ def main(argv=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for setting in list(SETTINGS) if opts.setting == "all" else [opts.setting]:
         run_setting(setting, opts)
-    # The summary holds the latest table of every setting, however many runs made them.
-    lines = ["| setting | SOPHON model | held / separating attacks | worst case | original metric | minutes |",
-             "|---|---|---|---|---|---|"]
-    for setting in SETTINGS:
-        if (out / f"{setting}.json").exists():
-            lines += summary_lines(setting, json.loads((out / f"{setting}.json").read_text()))
-    head = (f"Latest `python reproduce.py` tables (this call: suite `{opts.suite}`, {opts.seeds} seeds, tuned "
-            f"attacker with {opts.tune} Optuna trials). Each setting's table: `results/tables/<setting>.md`.")
-    text = "\n".join(["# SOPHON, every setting", "", head, ""] + lines) + "\n"
-    (out / "summary.md").write_text(text)
-    print(text)
+    print(write_summary(out))
     print(f"summary: {out / 'summary.md'}")
     return out / "summary.md"
