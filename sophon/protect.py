@@ -211,9 +211,10 @@ class Protector:
                 for _ in range(cfg.nl_loop):
                     record.update(self.ntr_step())
             except KeyboardInterrupt:
-                # Keep every finished iteration: save where we are, then let the interrupt through.
+                # `last` stays the last guard-checked state, the one --resume continues from. The weights
+                # as they were (possibly mid-iteration, never checked) are kept beside it for inspection.
                 self.status = "interrupted"
-                self.save("last")
+                self.save("interrupted")
                 raise
             except NonFiniteLossError as err:
                 self.model.load_state_dict(self.good_state)

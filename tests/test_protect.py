@@ -153,3 +153,31 @@ def test_guard_on_a_lower_is_better_metric(tmp_path, action, status):
         assert last["fts_opt.0.step"] is not None
         assert json.loads((tmp_path / "checkpoints" / "final.json").read_text())["fts_opt"]["param_groups"][0]["lr"] \
             == pytest.approx(0.5 * 3.0 * 1e-2)  # halved once
+
+
+def test_ctrl_c_keeps_last_as_the_checked_state(tmp_path, monkeypatch):
+    from sophon import protect as P
+
+    model, task = Headed(), ToyTask()
+    calls = {"n": 0}
+    real = P.Protector.ntr_step
+
+    def ntr_step(self):
+        calls["n"] += 1
+        if calls["n"] == 3:  # during iteration 3, after the check at iteration 2
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(P.Protector, "ntr_step", ntr_step)
+    with pytest.raises(KeyboardInterrupt):
+        protect(model, task, config(total_loop=4, test_iterval=2), tmp_path)
+    last = json.loads((tmp_path / "checkpoints" / "last.json").read_text())
+    interrupted = json.loads((tmp_path / "checkpoints" / "interrupted.json").read_text())
+    assert last["iteration"] == 2 and last["status"] == "running"
+    assert interrupted["status"] == "interrupted"
+    checked, _ = checkpoint.load(tmp_path / "checkpoints" / "last")
+    current, _ = checkpoint.load(tmp_path / "checkpoints" / "interrupted")
+    assert not torch.equal(checked["model.body.weight"], current["model.body.weight"])  # FTS of iteration 3 ran
+    monkeypatch.undo()
+    summary = protect(Headed(), task, config(total_loop=4, test_iterval=2), tmp_path, resume=True)
+    assert summary["status"] == "finished" and summary["iteration"] == 4
