@@ -16,7 +16,7 @@ GLOBAL_DEFAULTS = dict(
     alpha=3.0, beta=5.0, lr=1e-4, fast_lr=1e-4, bs=32, ml_loop=1, nl_loop=1, total_loop=100,
     adaptation_steps=5, test_iterval=20, finetune_epochs=1, truly_finetune_epochs=5, finetune_lr=1e-4,
     finetune_bs=32, attacks="sgd", envs=0, guard=0.9, guard_action="stop", query_fraction=0.1, seed=0,
-    suite=None, seeds=3, tune=0, attackers="fixed", suppress_every=1, late_weight=0.0, query_bs=None,
+    suite=None, seeds=3, tune=0, attackers="fixed", anchor=False, suppress_every=1, late_weight=0.0, query_bs=None,
 )
 
 
@@ -58,6 +58,9 @@ def base_parser(description: str, losses: tuple[str, ...] = ()) -> argparse.Argu
     s.add_argument("--attackers", default=None, choices=("fixed", "sampled"),
                    help="simulated attackers: fixed (--envs) or a new draw of max(1, --envs) every FTS step from "
                         "the attack suite's distribution (README)")
+    s.add_argument("--anchor", action="store_true", default=None,
+                   help="with --attackers sampled: keep the fixed attacker (plain SGD at --fast_lr) in every FTS "
+                        "step beside the sampled ones")
     a = p.add_argument_group("attacks (the evaluation)")
     a.add_argument("--attacks", default=None,
                    help="comma-separated optimizer[:lr][:key=value...], keys bs, epochs, lr, method "

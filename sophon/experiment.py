@@ -47,7 +47,7 @@ def protect_config(args, setting_name: str) -> ProtectConfig:
                          test_iterval=args.test_iterval, finetune_epochs=args.finetune_epochs,
                          query_fraction=args.query_fraction, envs=envs,
                          distribution=attacker_distribution(args, setting_name) if sampled else None,
-                         n_envs=max(1, args.envs), suppress_every=args.suppress_every, late_weight=args.late_weight,
+                         n_envs=max(1, args.envs), anchor=args.anchor, suppress_every=args.suppress_every, late_weight=args.late_weight,
                          query_bs=args.query_bs, guard=args.guard, guard_action=args.guard_action, seed=args.seed)
 
 

@@ -43,10 +43,11 @@ class ProtectConfig:
     finetune_epochs: int = 1  # the short fine-tuning test at each evaluation
     query_fraction: float = 0.1
     envs: list[Environment] = field(default_factory=lambda: [Environment()])
-    # Sampled attackers: `n_envs` new environments from `distribution` at every FTS step (then
-    # `envs` is unused); None keeps the fixed `envs`.
+    # Sampled attackers: `n_envs` new environments from `distribution` at every FTS step, averaged with
+    # the fixed `envs` when `anchor` (else `envs` only serve the short test); None keeps the fixed `envs`.
     distribution: AttackerDistribution | None = None
     n_envs: int = 1
+    anchor: bool = False
     suppress_every: int = 1  # suppression gradient every N inner steps (and at the last)
     late_weight: float = 0.0  # weight of inner step k ∝ (k/K)^late_weight
     query_bs: int | None = None  # a separate query batch of this size (None: query_fraction split)
@@ -106,7 +107,10 @@ class Protector:
         total: dict[str, torch.Tensor] = {}
         suppression, finetune_loss = 0.0, 0.0
         dist = self.config.distribution
-        envs = [dist.draw(self.generator) for _ in range(self.config.n_envs)] if dist else self.config.envs
+        envs = self.config.envs
+        if dist:
+            drawn = [dist.draw(self.generator) for _ in range(self.config.n_envs)]
+            envs = list(self.config.envs) + drawn if self.config.anchor else drawn
         for env in envs:
             result = self.simulator.suppression_gradient(self.model, env)
             for n, g in result.gradient.items():

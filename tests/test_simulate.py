@@ -144,3 +144,20 @@ def test_no_global_reseeding_during_a_protect_run(monkeypatch):
         P.protect(Headed(), ToyTask(), config, d)
     assert len(weights) == 4
     assert all(not torch.equal(a, b) for i, a in enumerate(weights) for b in weights[i + 1:])
+
+
+def test_anchor_keeps_the_fixed_attacker_beside_the_sampled_ones(monkeypatch):
+    import tempfile
+
+    from sophon import protect as P
+
+    seen = []
+    real = P.Simulator.suppression_gradient
+    monkeypatch.setattr(P.Simulator, "suppression_gradient",
+                        lambda self, model, env: seen.append(env) or real(self, model, env))
+    fixed = Environment("sgd", 0.1, 8)
+    config = P.ProtectConfig(total_loop=2, test_iterval=10, adaptation_steps=1, bs=8, envs=[fixed],
+                             distribution=_distribution(), n_envs=1, anchor=True, finetune_epochs=0, guard=0)
+    with tempfile.TemporaryDirectory() as d:
+        P.protect(Headed(), ToyTask(), config, d)
+    assert seen[0] == fixed and seen[2] == fixed and seen[1] != fixed and seen[3] != fixed
