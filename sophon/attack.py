@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sophon.optim import OPTIMIZERS, SCHEDULES, USUAL_LR, make_optimizer, make_schedule
+from sophon.precision import of as precision_of, optimizer_step
 from sophon.rng import seeded
 from sophon.train import benign_phase
 from sophon.task import Task, move
@@ -166,8 +167,11 @@ def finetune(model: nn.Module, task: Task, attack: Attack, seed: int = 0, progre
         optimizer = make_optimizer(attack.optimizer, trainable(learner, task, attack.method), attack.lr)
         schedule = make_schedule(attack.schedule, optimizer, total)
         loader = DataLoader(task.restricted_train, batch_size=attack.bs, shuffle=True, generator=generator)
+        precision = precision_of(task)
+        scaler = precision.scaler()
         learner.eval()
-        curve = [{"epoch": 0, **task.evaluate_restricted(learner)}]
+        with precision.autocast():
+            curve = [{"epoch": 0, **task.evaluate_restricted(learner)}]
         diverged = False
         for epoch in range(1, attack.epochs + 1):
             # A linear probe keeps the body as it is, BatchNorm statistics included.
@@ -175,16 +179,17 @@ def finetune(model: nn.Module, task: Task, attack: Attack, seed: int = 0, progre
             losses = []
             for batch in tqdm(loader, desc=f"fine-tune {epoch}/{attack.epochs}", leave=False, disable=not progress):
                 optimizer.zero_grad(set_to_none=True)
-                loss = task.finetune_loss(learner, move(batch, task.device))
+                with precision.autocast():
+                    loss = task.finetune_loss(learner, move(batch, task.device))
                 if not torch.isfinite(loss):
                     diverged = True
                     break
-                loss.backward()
-                optimizer.step()
+                optimizer_step(loss, optimizer, scaler)
                 schedule.step()
                 losses.append(loss.item())
             learner.eval()
-            record = {} if diverged else task.evaluate_restricted(learner)
+            with precision.autocast():
+                record = {} if diverged else task.evaluate_restricted(learner)
             if diverged or not all(math.isfinite(v) for v in record.values()):
                 # Diverged: the attacker is left with the model they started from, for every epoch left.
                 curve += [dict(curve[0], epoch=e, diverged=True) for e in range(epoch, attack.epochs + 1)]

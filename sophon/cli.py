@@ -33,6 +33,10 @@ def base_parser(description: str, losses: tuple[str, ...] = ()) -> argparse.Argu
     g.add_argument("--root", default="results", help="where run folders are written")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda when available)")
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="autocast precision of every training step; weights and losses stay fp32")
+    g.add_argument("--grad_checkpointing", action="store_true",
+                   help="gradient checkpointing in the causal LMs' blocks (text setting): memory for time")
     g.add_argument("--notes", default="", help="free text stored in args.json")
     if losses:
         g.add_argument("--loss", default=losses[0], choices=losses, help="suppression loss")

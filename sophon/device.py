@@ -4,11 +4,14 @@ import torch
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """`auto` (or nothing) is CUDA when available, else CPU; anything else as torch spells it."""
+    """`auto` (or nothing) is CUDA when available, else CPU; anything else as torch spells it. Under a
+    multi-GPU launch, `cuda` means this process's own GPU."""
+    from sophon import distributed
+
     if not name or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        return torch.device(name)
+        return distributed.device(torch.device(name))
     except RuntimeError:
         raise ValueError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
 

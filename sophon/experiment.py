@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sophon import checkpoint, report
+from sophon import checkpoint, distributed, report
 from sophon import verdict as V
 from sophon.attack import Attack, finetune
 from sophon.device import device_of
+from sophon.precision import Precision
 from sophon.protect import ProtectConfig, protect
 from sophon.simulate import AttackerDistribution, Environment, sample_environments
 
@@ -63,7 +64,16 @@ RUN_FOLDER = {"ice": "inverse_loss", "ice-released": "inverse_loss", "klu": "kl_
 
 
 def new_run_dir(args, kind: str) -> Path:
-    """results/<folder of the loss, or `kind` itself>/<arch>_<dataset>/<time>/"""
+    """results/<folder of the loss, or `kind` itself>/<arch>_<dataset>/<time>/, made by the main process."""
+    return Path(distributed.broadcast(str(_new_run_dir(args, kind)) if distributed.is_main() else None))
+
+
+def write_args(run_dir: Path, args) -> None:
+    if distributed.is_main():
+        (run_dir / "args.json").write_text(args_to_json(args))
+
+
+def _new_run_dir(args, kind: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(args.root) / RUN_FOLDER.get(kind, kind) / f"{args.arch}_{args.dataset}" / stamp
     path, n = base, 1
@@ -117,14 +127,20 @@ def run_attacks(models: dict, task, attacks: dict[str, Attack], seeds: list[int]
                 artifacts=None, out_dir: Path | None = None) -> dict:
     """curves[start][attack name] = [curve per seed]. Sample grids only for the first attack's first seed."""
     weights = {start: fingerprint(m) for start, m in models.items()}
-    curves = {start: {} for start in models}
     cells = [(a, s, start) for a in attacks for s in seeds for start in models]
-    for i, (name, seed, start) in enumerate(tqdm(cells, desc="attacks x seeds x starts", dynamic_ncols=True)):
+    # Under several processes each runs its share of the cells (they are independent), then all are gathered.
+    mine = distributed.shard(list(enumerate(cells)))
+    done = []
+    for i, (name, seed, start) in tqdm(mine, desc="attacks x seeds x starts", dynamic_ncols=True,
+                                       disable=not distributed.is_main()):
         models[start].eval()
         hook = artifacts if i < len(models) else None
-        curve = attack_curve(models[start], task, attacks[name], seed, cache_dir, weights[start], hook,
-                             f"{start}_{name}", out_dir)
-        curves[start].setdefault(name, []).append(curve)
+        done.append((i, attack_curve(models[start], task, attacks[name], seed, cache_dir, weights[start], hook,
+                                     f"{start}_{name}", out_dir)))
+    by_cell = dict(distributed.gather(done))
+    curves = {start: {} for start in models}
+    for i, (name, seed, start) in enumerate(cells):
+        curves[start].setdefault(name, []).append(by_cell[i])
     return curves
 
 
@@ -157,6 +173,8 @@ def evaluate(args, task, setting, out_dir: Path, models: dict, attacks: dict[str
     curves = run_attacks(models, task, attacks, seeds, Path(args.root) / CACHE, artifacts, out_dir)
     result = judge(curves, task, attacks, originals, title)
     result["seeds"] = seeds
+    if not distributed.is_main():
+        return result
     text = report.write_results(out_dir, stem, result)
     (out_dir / f"{stem}_curves.json").write_text(json.dumps(curves))
     report.plot_panels(curves, task.restricted_metric, out_dir / f"{figure}.png", title)
@@ -175,26 +193,36 @@ def with_tuned(args, task, setting_name: str, target, attacks: dict[str, Attack]
 
     per_epoch = -(-len(task.restricted_train) // args.finetune_bs)
     budget = 3 * args.truly_finetune_epochs * per_epoch  # as the standard suite's longest attack
-    best, study = search(target, task, setting_name, args.tune, args.finetune_bs, args.truly_finetune_epochs,
-                         budget, args.seed, getattr(args, "suite_lr_scale", None) or 1.0)
-    print(f"tuned attacker after {args.tune} trials: {best.label} ({task.restricted_metric} {study.best_value:.4g})",
-          flush=True)
-    return {"tuned": best, **attacks}
+    best = None
+    if distributed.is_main():  # one search (its trials are sequential), shared with the other processes
+        best, study = search(target, task, setting_name, args.tune, args.finetune_bs, args.truly_finetune_epochs,
+                             budget, args.seed, getattr(args, "suite_lr_scale", None) or 1.0)
+        print(f"tuned attacker after {args.tune} trials: {best.label} ({task.restricted_metric} "
+              f"{study.best_value:.4g})", flush=True)
+    return {"tuned": distributed.broadcast(best), **attacks}
+
+
+def build_task(args, setting, loss: str):
+    """The setting's task, with the --precision its training steps autocast to."""
+    task = setting.build_task(args, loss)
+    task.precision = Precision(getattr(args, "precision", "fp32"), task.device)
+    return task
 
 
 def protect_model(args, loss: str, setting, run_dir: Path | None = None, resume: bool = False):
     """(run folder, task, normal model, protected model, summary): SOPHON with `loss`. Data and
     weights are loaded before a new run folder (run_dir None) is made, so a bad name or a missing
     file leaves nothing behind."""
-    task = setting.build_task(args, loss)
+    task = build_task(args, setting, loss)
     normal = setting.build_model(args, "normal")
     protected = setting.build_model(args, "normal")
     run_dir = run_dir or new_run_dir(args, loss)
-    print(f"run folder: {run_dir}", flush=True)
+    if distributed.is_main():
+        print(f"run folder: {run_dir}", flush=True)
     meta = {"arch": args.arch, "dataset": args.dataset, "original": args.original, "loss": loss}
     config = protect_config(args, setting.NAME)
     args.attacker_distribution = config.distribution.to_dict() if config.distribution else None
-    (run_dir / "args.json").write_text(args_to_json(args))
+    write_args(run_dir, args)
     summary = protect(protected, task, config, run_dir, meta, resume=resume)
     print(f"SOPHON {summary['status']} after {summary['iteration']} iterations", flush=True)
     return run_dir, task, normal, protected, summary
@@ -236,13 +264,13 @@ def finetune_test(args, setting, start: str, path: str | None, loss: str = "ice"
     if start == "sophon" and not path:
         raise ValueError("--start sophon needs --path, the .safetensors checkpoint a SOPHON run wrote")
     args.device = str(device_of(args))
-    task = setting.build_task(args, loss)
+    task = build_task(args, setting, loss)
     build = {"normal": lambda: setting.build_model(args, "normal"),
              "scratch": lambda: setting.build_model(args, "scratch"),
              "sophon": lambda: load_protected(args, setting, path)}
     models = {s: build[s]() for s in STARTS if s == start or (args.tune and (s != "sophon" or path))}
     run_dir = new_run_dir(args, "finetune_test")
-    (run_dir / "args.json").write_text(args_to_json(args))
+    write_args(run_dir, args)
     attacks = with_tuned(args, task, setting.NAME, models[start], args.attack_list)
     evaluate(args, task, setting, run_dir, models, attacks, f"fine-tuning test from {start}: {args.arch} on {args.dataset}")
     return run_dir

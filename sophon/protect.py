@@ -16,11 +16,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sophon import checkpoint
+from sophon import checkpoint, distributed
 from sophon.attack import Attack, finetune
+from sophon.precision import of as precision_of
 from sophon.rng import draw_seed, seeded
 from sophon.simulate import AttackerDistribution, Environment, Simulator
-from sophon.task import Task, draw_batch, move
+from sophon.task import Task, batch_size_of, draw_batch, index_batch, move
 
 CLIP_NORM = 0.5  # DESIGN §1: the outer gradient's norm is clipped to 0.5
 
@@ -88,6 +89,8 @@ class Protector:
         self.fts_opt = torch.optim.Adam(params, lr=config.alpha * config.lr)
         self.ntr_opt = torch.optim.Adam(params, lr=config.beta * config.lr)
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.precision = precision_of(task)
+        self.ntr_scaler = self.precision.scaler()
         self.simulator = Simulator(task, config.adaptation_steps, config.query_fraction, self.generator,
                                    config.suppress_every, config.late_weight, config.query_bs)
         self.iteration = 0
@@ -97,58 +100,92 @@ class Protector:
         self.status = "running"
 
     # ---- one iteration ---------------------------------------------------------------------
-    def fts_step(self) -> dict:
-        # Fresh heads and any noise come from the run's own generator (resumable), not the global RNG.
-        with seeded(draw_seed(self.generator), self.task.device):
-            return self._fts_step()
-
-    def _fts_step(self) -> dict:
-        self.model.train()
-        total: dict[str, torch.Tensor] = {}
-        suppression, finetune_loss = 0.0, 0.0
+    def environments(self) -> list[Environment]:
+        """This FTS step's simulated attackers: the fixed ones, or fresh draws (with the fixed beside)."""
         dist = self.config.distribution
-        envs = self.config.envs
-        if dist:
-            drawn = [dist.draw(self.generator) for _ in range(self.config.n_envs)]
-            envs = list(self.config.envs) + drawn if self.config.anchor else drawn
-        for env in envs:
-            result = self.simulator.suppression_gradient(self.model, env)
-            for n, g in result.gradient.items():
-                total[n] = total[n] + g if n in total else g
-            suppression += result.suppression_loss
-            finetune_loss += result.finetune_loss
-        n_env = len(envs)
-        suppression /= n_env
+        if not dist:
+            return list(self.config.envs)
+        drawn = [dist.draw(self.generator) for _ in range(self.config.n_envs)]
+        return list(self.config.envs) + drawn if self.config.anchor else drawn
+
+    def fts_step(self) -> dict:
+        self.model.train()
+        envs = self.environments()
+        # Each environment gets its own seed (fresh head, noise, batches) from the run's generator, so
+        # the step is the same whichever process simulates it, and resumable.
+        seeds = [draw_seed(self.generator) for _ in envs]
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        flat = torch.zeros(sum(p.numel() for _, p in params) + len(params) + 2, device=self.task.device)
+        grads, present, losses = flat[:-len(params) - 2], flat[-len(params) - 2:-2], flat[-2:]
+        for env, seed in distributed.shard(list(zip(envs, seeds))):
+            with seeded(seed, self.task.device):
+                result = self.simulator.suppression_gradient(self.model, env, torch.Generator().manual_seed(seed))
+            offset = 0
+            for i, (n, p) in enumerate(params):
+                if n in result.gradient:
+                    grads[offset:offset + p.numel()] += result.gradient[n].reshape(-1)
+                    present[i] += 1
+                offset += p.numel()
+            losses += torch.tensor([result.suppression_loss, result.finetune_loss], device=flat.device)
+        # One all-reduce of everything (gradients, which parameters got one, losses): a no-op alone.
+        flat = distributed.sum_tensor(flat)
+        grads, present, losses = flat[:-len(params) - 2], flat[-len(params) - 2:-2], flat[-2:]
+        suppression, finetune_loss = (losses / len(envs)).tolist()
         if not math.isfinite(suppression):
             raise NonFiniteLossError(f"suppression loss is {suppression}")
         self.fts_opt.zero_grad(set_to_none=True)
-        for n, p in self.model.named_parameters():
-            if n in total:
-                p.grad = total[n] / n_env
+        offset = 0
+        for i, (n, p) in enumerate(params):
+            if present[i] > 0:  # a parameter no simulated learner shares (θ's own head) keeps no gradient
+                p.grad = (grads[offset:offset + p.numel()] / len(envs)).view_as(p)
+            offset += p.numel()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.grad is not None], CLIP_NORM)
         self.fts_opt.step()
-        return {"suppression_loss": suppression, "finetune_loss": finetune_loss / n_env,
-                "fts_grad_norm": float(grad_norm)}
+        return {"suppression_loss": suppression, "finetune_loss": finetune_loss, "fts_grad_norm": float(grad_norm)}
 
     def ntr_step(self) -> dict:
         with seeded(draw_seed(self.generator), self.task.device):
             return self._ntr_step()
 
     def _ntr_step(self) -> dict:
+        """Data-parallel: every process draws the same batch and trains on its share of the rows; the
+        gradients are averaged, which is the whole batch's gradient when the shares are equal."""
         self.model.train()
         batch = move(draw_batch(self.task.original_train, self.config.bs, self.generator), self.task.device)
+        if distributed.world() > 1:
+            batch = index_batch(batch, torch.tensor(distributed.shard(range(batch_size_of(batch)))))
         self.ntr_opt.zero_grad(set_to_none=True)
-        loss = self.task.original_loss(self.model, batch)
+        with self.precision.autocast():
+            loss = self.task.original_loss(self.model, batch)
+        self.ntr_scaler.scale(loss).backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if distributed.world() > 1:
+            flat = distributed.sum_tensor(torch.cat([p.grad.reshape(-1) for p in params] + [loss.detach().reshape(1)]))
+            flat /= distributed.world()
+            offset = 0
+            for p in params:
+                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+            loss = flat[-1]
+        # Checked after the all-reduce, so that every process sees the same loss and stops together.
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"original-domain loss is {loss.item()}")
-        loss.backward()
-        self.ntr_opt.step()
+        self.ntr_scaler.step(self.ntr_opt)
+        self.ntr_scaler.update()
         return {"original_loss": loss.item()}
 
     def evaluate(self) -> dict:
+        """Evaluated by the main process alone (the others wait), then shared: the guard decides alike."""
+        return distributed.broadcast(self._evaluate() if distributed.is_main() else None)
+
+    def original_metrics(self) -> dict:
         self.model.eval()
-        metrics = {f"original_{k}": v for k, v in self.task.evaluate_original(self.model).items()}
+        with self.precision.autocast():
+            return {f"original_{k}": v for k, v in self.task.evaluate_original(self.model).items()}
+
+    def _evaluate(self) -> dict:
+        metrics = self.original_metrics()
         if self.config.finetune_epochs > 0:
             attack = Attack(optimizer=self.config.envs[0].optimizer, lr=self.config.envs[0].lr,
                             bs=self.config.envs[0].batch_size, epochs=self.config.finetune_epochs)
@@ -166,7 +203,9 @@ class Protector:
             tensors.update(t)
             meta[prefix] = scalars
         tensors["generator_state"] = self.generator.get_state()
-        return checkpoint.save(self.run_dir / "checkpoints" / name, tensors, meta)
+        meta["ntr_scaler"] = self.ntr_scaler.state_dict()  # empty unless fp16
+        path = self.run_dir / "checkpoints" / name
+        return checkpoint.save(path, tensors, meta) if distributed.is_main() else path
 
     def restore(self, name: str | Path) -> None:
         tensors, meta = checkpoint.load(name if Path(name).is_absolute() else self.run_dir / "checkpoints" / name)
@@ -175,6 +214,8 @@ class Protector:
         for prefix, opt in (("fts_opt", self.fts_opt), ("ntr_opt", self.ntr_opt)):
             checkpoint.restore_optimizer(opt, prefix, tensors, meta[prefix])
         self.generator.set_state(tensors["generator_state"].cpu())
+        if meta.get("ntr_scaler"):
+            self.ntr_scaler.load_state_dict(meta["ntr_scaler"])
         self.iteration = meta["iteration"]
         self.reference = meta.get("reference", {})
         self.good_state = copy.deepcopy(self.model.state_dict())
@@ -185,12 +226,14 @@ class Protector:
     def _drop_metrics_after(self, iteration: int) -> None:
         """Forget logged iterations the checkpoint does not hold (they will be run again)."""
         path = self.run_dir / "metrics.jsonl"
-        if path.exists():
+        if path.exists() and distributed.is_main():
             lines = [l for l in path.read_text().splitlines() if l.strip()]
             kept = [l for l in lines if json.loads(l).get("iteration", 0) <= iteration]
             path.write_text("".join(l + "\n" for l in kept))
 
     def log(self, record: dict) -> None:
+        if not distributed.is_main():
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -199,13 +242,12 @@ class Protector:
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not self.reference:
-            self.model.eval()
-            self.reference = {f"original_{k}": v for k, v in self.task.evaluate_original(self.model).items()}
+            self.reference = distributed.broadcast(self.original_metrics() if distributed.is_main() else None)
             self.log({"iteration": 0, **self.reference})
             self.save("last")
         watched = f"original_{self.task.original_metric}"
         bar = tqdm(range(self.iteration + 1, cfg.total_loop + 1), desc="SOPHON", initial=self.iteration,
-                   total=cfg.total_loop, dynamic_ncols=True)
+                   total=cfg.total_loop, dynamic_ncols=True, disable=not distributed.is_main())
         for it in bar:
             start = time.perf_counter()
             record: dict = {"iteration": it}

@@ -17,7 +17,7 @@ from sophon import report
 from sophon.attack import Attack
 from sophon.cli import parse_setting_args, pretrain_main, user_errors
 from sophon.device import device_of
-from sophon.experiment import evaluate, load_protected, protect_model
+from sophon.experiment import build_task, evaluate, load_protected, protect_model
 
 # setting -> (arch of the embedded preset, its two suppression losses, kind for the parser)
 SETTINGS = {"text": ("tiny-gpt2", ("ice", "klu"), ("text", "image")),
@@ -56,7 +56,7 @@ def _protected(args, loss: str, setting_module, run_dir: Path):
     final = run_dir / "checkpoints" / "final.json"
     if final.exists() and json.loads(final.read_text()).get("status") in ("finished", "guard_stopped"):
         print(f"reusing the SOPHON run in {run_dir}", flush=True)
-        task = setting_module.build_task(args, loss)
+        task = build_task(args, setting_module, loss)
         return task, setting_module.build_model(args, "normal"), load_protected(args, setting_module, str(final))
     resume = (run_dir / "checkpoints" / "last.safetensors").exists()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,8 @@ def _tuned(args, task, setting: str, model, run_dir: Path, trials: int) -> Attac
             return Attack(**saved["attack"])
     args.tune = trials
     attack = with_tuned(args, task, setting, model, {})["tuned"]
-    path.write_text(json.dumps({"trials": trials, "attack": attack.to_dict()}, indent=1))
+    if distributed.is_main():
+        path.write_text(json.dumps({"trials": trials, "attack": attack.to_dict()}, indent=1))
     return attack
 
 
@@ -82,7 +83,9 @@ def run_setting(setting: str, opts) -> dict:
     arch, losses, kind = SETTINGS[setting]
     common = ["--root", opts.root, "--device", opts.device] + (["--data_root", opts.data_root] if opts.data_root else [])
     started = time.perf_counter()
-    _pretrain(setting, arch, common)
+    if distributed.is_main():  # the others wait for the cached pre-trained model
+        _pretrain(setting, arch, common)
+    distributed.barrier()
     argv = ["--arch", arch, "--suite", opts.suite, "--seeds", str(opts.seeds)] + common
     default_arch = arch
     models, attacks, task, args, runs = {}, {}, None, None, {}
@@ -104,7 +107,8 @@ def run_setting(setting: str, opts) -> dict:
     result["minutes"] = (time.perf_counter() - started) / 60
     result["suite"] = opts.suite
     result["runs"] = {loss: str(d) for loss, d in runs.items()}
-    (out / f"{setting}.json").write_text(json.dumps(report.jsonable(result), indent=1))
+    if distributed.is_main():
+        (out / f"{setting}.json").write_text(json.dumps(report.jsonable(result), indent=1))
     return result
 
 
@@ -147,6 +151,7 @@ def main(argv=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for setting in list(SETTINGS) if opts.setting == "all" else [opts.setting]:
         run_setting(setting, opts)
-    print(write_summary(out))
-    print(f"summary: {out / 'summary.md'}")
+    if distributed.is_main():
+        print(write_summary(out))
+        print(f"summary: {out / 'summary.md'}")
     return out / "summary.md"

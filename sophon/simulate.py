@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sophon.optim import make_optimizer
+from sophon.precision import of as precision_of, optimizer_step
 from sophon.task import Task, batch_size_of, draw_batch, index_batch, move, split_batch
 from sophon.train import benign_phase
 
@@ -120,11 +121,12 @@ class Simulator:
         self.weights = step_weights(adaptation_steps, suppress_every, late_weight)
         self.generator = generator or torch.Generator().manual_seed(0)
 
-    def clone(self, model: nn.Module, env: Environment | None = None) -> nn.Module:
+    def clone(self, model: nn.Module, env: Environment | None = None,
+              generator: torch.Generator | None = None) -> nn.Module:
         start = model
         if env is not None and env.benign_steps:
             start = benign_phase(model, self.task, env.optimizer, env.lr, env.batch_size, env.benign_steps,
-                                 self.generator)
+                                 generator or self.generator)
         learner = self.task.learner(start)
         learner.train()
         return learner
@@ -137,20 +139,27 @@ class Simulator:
                 if n in theta and theta[n].requires_grad and p.requires_grad
                 and not (prefix and (n == prefix or n.startswith(prefix + ".")))]
 
-    def _support_and_query(self, batch_size: int):
+    def _support_and_query(self, batch_size: int, generator: torch.Generator | None = None):
+        generator = generator or self.generator
         if self.query_bs is None:
-            batch = draw_batch(self.task.restricted_train, batch_size, self.generator)
-            return split_batch(move(batch, self.task.device), self.query_fraction, self.generator)
+            batch = draw_batch(self.task.restricted_train, batch_size, generator)
+            return split_batch(move(batch, self.task.device), self.query_fraction, generator)
         # A separate query, disjoint from the support (one draw without replacement, cut in two):
         # a usable gradient instead of the 1-3 examples a 10 % share of a small batch gives.
-        batch = move(draw_batch(self.task.restricted_train, batch_size + self.query_bs, self.generator),
+        batch = move(draw_batch(self.task.restricted_train, batch_size + self.query_bs, generator),
                      self.task.device)
         order = torch.arange(batch_size_of(batch))
         n = min(batch_size, len(order) - 1)
         return index_batch(batch, order[:n]), index_batch(batch, order[n:])
 
-    def suppression_gradient(self, model: nn.Module, env: Environment) -> SimulationResult:
-        learner = self.clone(model, env)
+    def suppression_gradient(self, model: nn.Module, env: Environment,
+                             generator: torch.Generator | None = None) -> SimulationResult:
+        """`generator` draws this environment's batches (the simulator's own when None): an
+        environment with its own generator gives the same result whichever process runs it."""
+        generator = generator or self.generator
+        precision = precision_of(self.task)
+        scaler = precision.scaler()
+        learner = self.clone(model, env, generator)
         names = self.shared_names(model, learner)
         params = dict(learner.named_parameters())
         shared = [params[n] for n in names]
@@ -162,20 +171,24 @@ class Simulator:
         optimizer = env.make(trainable)
         suppression, finetune = 0.0, 0.0
         for k in range(1, self.adaptation_steps + 1):
-            support, query = self._support_and_query(env.batch_size)
+            support, query = self._support_and_query(env.batch_size, generator)
             optimizer.zero_grad(set_to_none=True)
-            loss = self.task.finetune_loss(learner, support)
-            loss.backward()
-            optimizer.step()
+            with precision.autocast():
+                loss = self.task.finetune_loss(learner, support)
+            optimizer_step(loss, optimizer, scaler)
             finetune += loss.item()
             if k not in self.weights:
                 continue
             # First-order: the suppression loss is differentiated at θ'_k, treating θ'_k as a leaf.
-            query_loss = self.task.suppression_loss(learner, query)
-            grads = torch.autograd.grad(query_loss, shared, allow_unused=True)
+            with precision.autocast():
+                query_loss = self.task.suppression_loss(learner, query)
+            scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+            grads = torch.autograd.grad(scaler.scale(query_loss), shared, allow_unused=True)
+            if scale != 1.0 and not all(torch.isfinite(g).all() for g in grads if g is not None):
+                continue  # an fp16 overflow: this step gives no gradient (the inner scaler adapts)
             for acc, g in zip(total, grads):
                 if g is not None:
-                    acc.add_(g, alpha=self.weights[k])
+                    acc.add_(g, alpha=self.weights[k] / scale)
             suppression += self.weights[k] * query_loss.item()
         gradient = dict(zip(names, total))
         return SimulationResult(gradient, suppression, finetune / self.adaptation_steps)

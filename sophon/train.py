@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sophon.optim import make_optimizer
+from sophon.precision import of as precision_of, optimizer_step
 from sophon.task import Task, move
 
 
@@ -34,6 +35,8 @@ def benign_phase(model: nn.Module, task: Task, optimizer_name: str, lr: float, b
     model = copy.deepcopy(model)
     model.train()
     optimizer = make_optimizer(optimizer_name, model.parameters(), lr)
+    precision = precision_of(task)
+    scaler = precision.scaler()
     loader = DataLoader(task.original_train, batch_size=bs, shuffle=True, generator=generator)
     done = 0
     while done < steps:
@@ -41,7 +44,8 @@ def benign_phase(model: nn.Module, task: Task, optimizer_name: str, lr: float, b
             if done >= steps:
                 break
             optimizer.zero_grad(set_to_none=True)
-            task.original_loss(model, move(batch, task.device)).backward()
-            optimizer.step()
+            with precision.autocast():
+                loss = task.original_loss(model, move(batch, task.device))
+            optimizer_step(loss, optimizer, scaler)
             done += 1
     return model

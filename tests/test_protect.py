@@ -107,7 +107,7 @@ def test_outer_step_is_adam_at_alpha_lr_after_clipping_to_half(tmp_path, monkeyp
 
     model, task = Headed(), ToyTask()
     huge = {n: torch.full_like(p, 10.0) for n, p in model.named_parameters() if n.startswith("body.")}
-    monkeypatch.setattr(P.Simulator, "suppression_gradient", lambda self, m, env: SimulationResult(huge, 0.0, 0.0))
+    monkeypatch.setattr(P.Simulator, "suppression_gradient", lambda self, m, env, g=None: SimulationResult(huge, 0.0, 0.0))
     protector = P.Protector(model, task, config(alpha=3.0, lr=1e-2), tmp_path)
     before = _weights(model)
     protector.fts_step()
@@ -130,7 +130,7 @@ def test_several_environments_are_averaged(tmp_path, monkeypatch):
 
     model, task = Headed(), ToyTask()
     grads = {0.1: 1.0, 0.2: 3.0}  # env lr -> the gradient its simulation returns
-    monkeypatch.setattr(P.Simulator, "suppression_gradient", lambda self, m, env: SimulationResult(
+    monkeypatch.setattr(P.Simulator, "suppression_gradient", lambda self, m, env, g=None: SimulationResult(
         {"body.bias": torch.full_like(m.body.bias, grads[env.lr]) * 1e-3}, 0.0, 0.0))
     protector = P.Protector(model, task, config(envs=[Environment("sgd", 0.1), Environment("sgd", 0.2)]), tmp_path)
     protector.fts_step()

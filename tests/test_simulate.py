@@ -104,7 +104,7 @@ def test_protect_draws_a_new_attacker_every_fts_step(monkeypatch):
     seen = []
     real = P.Simulator.suppression_gradient
     monkeypatch.setattr(P.Simulator, "suppression_gradient",
-                        lambda self, model, env: seen.append(env) or real(self, model, env))
+                        lambda self, model, env, g=None: seen.append(env) or real(self, model, env, g))
     config = P.ProtectConfig(total_loop=4, test_iterval=10, adaptation_steps=2, bs=8, distribution=_distribution(),
                              n_envs=2, finetune_epochs=0, guard=0)
     import tempfile
@@ -134,8 +134,8 @@ def test_no_global_reseeding_during_a_protect_run(monkeypatch):
     weights = []
     real = P.Simulator.clone
 
-    def clone(self, model, env=None):
-        learner = real(self, model, env)
+    def clone(self, model, env=None, generator=None):
+        learner = real(self, model, env, generator)
         weights.append(learner.head.weight.detach().clone())  # the fresh head as drawn, before training
         return learner
 
@@ -154,7 +154,7 @@ def test_anchor_keeps_the_fixed_attacker_beside_the_sampled_ones(monkeypatch):
     seen = []
     real = P.Simulator.suppression_gradient
     monkeypatch.setattr(P.Simulator, "suppression_gradient",
-                        lambda self, model, env: seen.append(env) or real(self, model, env))
+                        lambda self, model, env, g=None: seen.append(env) or real(self, model, env, g))
     fixed = Environment("sgd", 0.1, 8)
     config = P.ProtectConfig(total_loop=2, test_iterval=10, adaptation_steps=1, bs=8, envs=[fixed],
                              distribution=_distribution(), n_envs=1, anchor=True, finetune_epochs=0, guard=0)

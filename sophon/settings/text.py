@@ -128,6 +128,10 @@ def build_model(args, start: str) -> nn.Module:
     elif start != "normal":
         raise ValueError(f"unknown start {start!r}; use normal or scratch")
     model = CausalLMClassifier(copy.deepcopy(lm), num_classes=2, pool=_pool(args))
+    if getattr(args, "grad_checkpointing", False):
+        # Recompute each block's activations in the backward pass: memory for time, on long inputs.
+        # (Only in train mode; the non-reentrant form also serves torch.autograd.grad in the simulation.)
+        model.body.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model.to(device_of(args))
 
 

@@ -1,0 +1,37 @@
+"""A SOPHON run on the toy task, for the multi-process tests: run it with `python` or under
+`accelerate launch --num_processes 2 --cpu`; the run folder is the only output.
+
+    python tests/dist_worker.py RUN_DIR TOTAL_LOOP [--resume] [--precision bf16]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sophon import distributed  # noqa: E402
+from sophon.precision import Precision  # noqa: E402
+from sophon.protect import ProtectConfig, protect  # noqa: E402
+from sophon.simulate import Environment  # noqa: E402
+from tests.toy import Headed, ToyTask  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("run_dir")
+p.add_argument("total_loop", type=int)
+p.add_argument("--resume", action="store_true")
+p.add_argument("--precision", default="fp32")
+args = p.parse_args()
+
+torch.manual_seed(0)
+model = Headed()
+task = ToyTask()
+task.precision = Precision(args.precision, task.device)
+# Three environments, so that two processes get unequal shares (two and one).
+envs = [Environment("sgd", 0.1, 16), Environment("adam", 1e-2, 8), Environment("rmsprop", 1e-3, 16)]
+config = ProtectConfig(total_loop=args.total_loop, test_iterval=2, adaptation_steps=3, bs=16, lr=1e-2,
+                       finetune_epochs=1, envs=envs, guard=0, seed=7)
+protect(model, task, config, args.run_dir, resume=args.resume)
+print(f"processes: {distributed.world()}", flush=True)

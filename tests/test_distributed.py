@@ -1,0 +1,88 @@
+"""Several processes on CPU (gloo), through accelerate's launcher: the environments of each FTS step
+are sharded and their gradients summed, so the run must not depend on the process count."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.toy import Headed
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(processes: int, run_dir: Path, total: int, *extra: str) -> str:
+    # `accelerate launch --cpu` starts several CPU processes only through mpirun; its elastic launcher
+    # (--multi_gpu) does it without, and the processes fall back to gloo where there is no CUDA.
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port())] if processes > 1 else [sys.executable]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run(launcher + [str(WORKER), str(run_dir), str(total), *extra], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"processes: {processes}" in done.stdout
+    return done.stdout
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(str(run_dir / "checkpoints" / "final.safetensors"))
+    return {k: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def same(a: dict, b: dict, exact: bool = False) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if exact else torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)
+
+
+def files(run_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("dist")
+    run(1, base / "one", 4)
+    run(2, base / "two", 4)
+    return base
+
+
+def test_two_processes_give_the_update_of_one(runs):
+    one, two = weights(runs / "one"), weights(runs / "two")
+    assert same(one, two)
+    torch.manual_seed(0)  # the worker's initial weights: the runs moved far from them, so `same` can fail
+    init = {f"model.{k}": v for k, v in Headed().state_dict().items()}
+    assert not same(one, init)
+    losses = [[json.loads(l)["suppression_loss"] for l in (runs / r / "metrics.jsonl").read_text().splitlines()[1:]]
+              for r in ("one", "two")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_only_the_main_process_writes(runs):
+    assert files(runs / "two") == files(runs / "one")
+    lines = (runs / "two" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["iteration"] for l in lines] == [0, 1, 2, 3, 4]  # once each, not once per process
+
+
+def test_a_resumed_two_process_run_equals_an_uninterrupted_one(runs, tmp_path):
+    run(2, tmp_path / "part", 2)
+    run(2, tmp_path / "part", 4, "--resume")
+    assert same(weights(tmp_path / "part"), weights(runs / "two"), exact=True)
+
+
+def test_a_two_process_run_resumes_in_one_process(runs, tmp_path):
+    run(2, tmp_path / "part", 2)
+    run(1, tmp_path / "part", 4, "--resume")
+    assert same(weights(tmp_path / "part"), weights(runs / "one"))
