@@ -1,98 +1,213 @@
-"""Benchmark: seconds per SOPHON outer iteration versus the same number of plain training steps.
+"""Benchmark: what a SOPHON outer iteration costs, against plain training, on random data.
 
-One outer iteration = ml_loop FTS steps (each K inner fine-tuning steps + K suppression gradients)
-plus nl_loop NTR steps. Its natural yardstick is K+1 ordinary training steps on the same model and
-batch size: the ratio printed is the simulation's overhead.
+One outer iteration = one FTS step (each of `--envs` environments: K inner fine-tuning steps and the
+suppression gradients) plus one NTR step. Its yardstick is K+1 ordinary training steps of the same
+model and batch: the ratio printed is the simulation's overhead. Throughput is examples (images, or
+tokens for text) per second of plain training; on CUDA, model FLOPs utilisation (MFU) is the FLOPs
+of one plain training step (counted by torch's FlopCounterMode) per second over the card's dense bf16
+peak.
 
-    python -m sophon.bench                         # tiny-gpt2 size, random weights and tokens
-    python -m sophon.bench --size gpt2 --device cuda --bs 8 --seq 256
+    python -m sophon.bench                                   # tiny-gpt2 size, CPU
+    python -m sophon.bench --size gpt2 --precision bf16 --bs 16 --seq 1024   # on a GPU: MFU
+    python -m sophon.bench --size cnn --processes 2 --envs 4  # 1 process vs 2 for the same work
 """
 
 import argparse
+import json
+import os
 import resource
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 
 import torch
 from torch.utils.data import TensorDataset
 
+from sophon import distributed
 from sophon.device import resolve_device
-from sophon.models.causal_lm import CausalLMClassifier
+from sophon.precision import PRECISIONS, Precision
 from sophon.protect import Protector, ProtectConfig
 from sophon.simulate import Environment
-from sophon.settings.text import TextTask
+from sophon.task import draw_batch, move
 
-SIZES = {"tiny-gpt2": dict(n_layer=4, n_embd=128, n_head=4, vocab_size=4096),
-         "gpt2": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257)}
+TEXT = {"tiny-gpt2": dict(n_layer=4, n_embd=128, n_head=4, vocab_size=4096),
+        "gpt2": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257)}
+IMAGE = ("cnn", "res18", "res50")
+DIFFUSION = ("unet-tiny", "unet-paper")
+SIZES = (*TEXT, *IMAGE, *DIFFUSION)
+
+# Dense bf16 peak FLOP/s by card name (vendor data sheets, SXM forms where the name does not say).
+BF16_PEAK = {"H200": 989.4e12, "H100 PCIe": 756e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12,
+             "L4": 121e12, "A10": 125e12}
+
+
+def bf16_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in BF16_PEAK.items() if key in name), None)
 
 
 def random_tokens(n: int, seq: int, vocab: int, labelled: bool, g: torch.Generator) -> TensorDataset:
     ids = torch.randint(1, vocab, (n, seq), generator=g)
     mask = torch.ones(n, seq, dtype=torch.long)
-    if labelled:
-        return TensorDataset(ids, mask, torch.randint(0, 2, (n,), generator=g))
-    return TensorDataset(ids, mask)
+    return TensorDataset(ids, mask, torch.randint(0, 2, (n,), generator=g)) if labelled else TensorDataset(ids, mask)
+
+
+def random_images(n: int, size: int, labelled: bool, g: torch.Generator) -> TensorDataset:
+    x = torch.rand(n, 3, size, size, generator=g) * 2 - 1
+    return TensorDataset(x, torch.randint(0, 10, (n,), generator=g)) if labelled else TensorDataset(x)
+
+
+def build(size: str, bs: int, seq: int, device: torch.device):
+    """(model, task, examples per step): the size's model on random data of the right shape."""
+    g = torch.Generator().manual_seed(0)
+    n = 4 * bs
+    if size in TEXT:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from sophon.models.causal_lm import CausalLMClassifier
+        from sophon.settings.text import TextTask
+
+        cfg = TEXT[size]
+        lm = GPT2LMHeadModel(GPT2Config(n_positions=max(64, seq), bos_token_id=0, eos_token_id=0, **cfg))
+        data = [random_tokens(m, seq, cfg["vocab_size"], labelled, g)
+                for m, labelled in ((n, True), (8, True), (n, False), (8, False))]
+        return CausalLMClassifier(lm).to(device), TextTask(*data, "ice", device), bs * seq
+    if size in IMAGE:
+        from sophon.models.vision import build_classifier
+        from sophon.settings.image import ImageTask
+
+        data = [random_images(m, 32, True, g) for m in (n, 8, n, 8)]
+        return build_classifier(size, 10).to(device), ImageTask(*data, 10, "ice", device), bs
+    from sophon.data.diffusion_images import InMemoryImages
+    from sophon.models.unet import unet
+    from sophon.settings.diffusion import DiffusionTask
+
+    image = 32
+    data = [InMemoryImages(torch.randint(0, 256, (m, 3, image, image), generator=g, dtype=torch.uint8), False)
+            for m in (n, 8, n, 8)]
+    return unet(size, 3, image).to(device), DiffusionTask(*data, "dos", eval_size=8, eval_repeats=1, device=device), bs
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    fn()  # warm-up (and any lazy initialisation)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def measure(args) -> dict:
+    device = resolve_device(args.device)
+    model, task, examples = build(args.size, args.bs, args.seq, device)
+    task.precision = Precision(args.precision, device)
+    config = ProtectConfig(adaptation_steps=args.adaptation_steps, suppress_every=args.suppress_every, bs=args.bs,
+                           finetune_epochs=0, envs=[Environment("sgd", 1e-4, args.bs)] * args.envs)
+    scratch = tempfile.TemporaryDirectory()  # the loop's run folder: the steps timed here write nothing
+    protector = Protector(model, task, config, run_dir=scratch.name)
+    outer = timed(lambda: (protector.fts_step(), protector.ntr_step()), args.iters, device)
+
+    learner = task.learner(model)
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-4)
+    batch = move(draw_batch(task.restricted_train, args.bs, torch.Generator().manual_seed(1)), device)
+
+    def plain_step():
+        opt.zero_grad(set_to_none=True)
+        with task.precision.autocast():
+            loss = task.finetune_loss(learner, batch)
+        loss.backward()
+        opt.step()
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        plain_step()
+    step_flops = counter.get_total_flops()
+    step = timed(plain_step, args.iters * (args.adaptation_steps + 1), device)
+    peak = bf16_peak(device)
+    memory = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
+              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    return {"size": args.size, "device": str(device), "card": torch.cuda.get_device_name(device)
+            if device.type == "cuda" else "cpu", "precision": args.precision, "processes": distributed.world(),
+            "threads": torch.get_num_threads(), "K": args.adaptation_steps, "envs": args.envs, "bs": args.bs,
+            "seq": args.seq if args.size in TEXT else None,
+            "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+            "outer_iteration_s": outer, "plain_K+1_steps_s": step * (args.adaptation_steps + 1),
+            "overhead_ratio": outer / (step * (args.adaptation_steps + 1)),
+            "plain_per_s": examples / step, "unit": "tokens" if args.size in TEXT else "images",
+            "step_TFLOP": step_flops / 1e12, "achieved_TFLOPs": step_flops / step / 1e12,
+            "mfu_vs_bf16_peak": step_flops / step / peak if peak else None, "peak_memory_GiB": memory}
+
+
+def compare_processes(args, argv: list[str]) -> dict:
+    """The same outer iterations (same --envs) timed in 1 process and in N, each a fresh launch; on
+    CPU the cores are split between the processes."""
+    cores = os.cpu_count() or 1
+    rows = {}
+    for n in (1, args.processes):
+        port = socket.socket()
+        port.bind(("127.0.0.1", 0))
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "--main_process_port", str(port.getsockname()[1])] if n > 1 else [sys.executable]
+        port.close()
+        threads = str(max(1, cores // n))
+        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        done = subprocess.run(launcher + ["-m", "sophon.bench", *argv, "--processes", "1", "--json"], env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"error: the {n}-process benchmark failed:\n{done.stderr[-2000:]}")
+        rows[n] = json.loads(done.stdout.strip().splitlines()[-1])
+    one, many = rows[1]["outer_iteration_s"], rows[args.processes]["outer_iteration_s"]
+    result = {"size": args.size, "envs": args.envs, "iterations": args.iters, "cores": cores,
+              "1_process_s_per_iteration": one, f"{args.processes}_processes_s_per_iteration": many,
+              "speed_up": one / many}
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="tiny-gpt2", choices=SIZES)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--adaptation_steps", type=int, default=5)
+    p.add_argument("--suppress_every", type=int, default=1, help="suppression gradient every N inner steps")
+    p.add_argument("--envs", type=int, default=1, help="simulated environments per FTS step")
+    p.add_argument("--bs", type=int, default=32)
+    p.add_argument("--seq", type=int, default=48, help="tokens per example (text sizes)")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--processes", type=int, default=1,
+                   help="N > 1: time the same work in 1 process and in N (accelerate's launcher)")
+    p.add_argument("--json", action="store_true", help="print one JSON line (for scripts)")
+    return p
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", default="tiny-gpt2", choices=SIZES)
-    p.add_argument("--adaptation_steps", type=int, default=5)
-    p.add_argument("--suppress_every", type=int, default=1, help="suppression gradient every N inner steps")
-    p.add_argument("--bs", type=int, default=32)
-    p.add_argument("--seq", type=int, default=48)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    device = resolve_device(args.device)
-    g = torch.Generator().manual_seed(0)
-    cfg = SIZES[args.size]
-    lm = GPT2LMHeadModel(GPT2Config(n_positions=max(64, args.seq), bos_token_id=0, eos_token_id=0, **cfg))
-    model = CausalLMClassifier(lm).to(device)
-    n = 4 * args.bs
-    task = TextTask(random_tokens(n, args.seq, cfg["vocab_size"], True, g), random_tokens(8, args.seq, cfg["vocab_size"], True, g),
-                    random_tokens(n, args.seq, cfg["vocab_size"], False, g), random_tokens(8, args.seq, cfg["vocab_size"], False, g),
-                    "ice", device)
-    config = ProtectConfig(adaptation_steps=args.adaptation_steps, suppress_every=args.suppress_every, bs=args.bs,
-                           finetune_epochs=0,
-                           envs=[Environment("sgd", 1e-4, args.bs)])
-    scratch = tempfile.TemporaryDirectory()  # the loop's run folder: the steps timed here write nothing in it
-    protector = Protector(model, task, config, run_dir=scratch.name)
-
-    def timed(fn, repeats):
-        fn()  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / repeats
-
-    outer = timed(lambda: (protector.fts_step(), protector.ntr_step()), args.iters)
-    learner = task.learner(model)
-    opt = torch.optim.Adam(learner.parameters(), lr=1e-4)
-    batch = [t[: args.bs].to(device) for t in task.restricted_train.tensors]
-
-    def plain_steps():
-        for _ in range(args.adaptation_steps + 1):
-            opt.zero_grad(set_to_none=True)
-            task.finetune_loss(learner, batch).backward()
-            opt.step()
-
-    plain = timed(plain_steps, args.iters)
-    peak = (torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    result = {"size": args.size, "device": str(device), "K": args.adaptation_steps,
-              "suppress_every": args.suppress_every, "bs": args.bs, "seq": args.seq,
-              "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-              "outer_iteration_s": outer, "plain_K+1_steps_s": plain, "overhead_ratio": outer / plain,
-              "peak_memory_GiB": peak}
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    for flag in ("adaptation_steps", "suppress_every", "envs", "bs", "seq", "iters", "processes"):
+        if getattr(args, flag) < 1:
+            parser().error(f"--{flag} must be at least 1")
+    if args.processes > 1:
+        keep = [a for i, a in enumerate(argv) if a != "--processes" and (i == 0 or argv[i - 1] != "--processes")
+                and not a.startswith("--processes=")]
+        result = compare_processes(args, keep)
+    else:
+        result = measure(args)
+    if not distributed.is_main():
+        return result
+    if args.json:
+        print(json.dumps(result), flush=True)
+        return result
     for k, v in result.items():
-        print(f"{k:>20}: {v:.4g}" if isinstance(v, float) else f"{k:>20}: {v}")
+        print(f"{k:>26}: {v:.4g}" if isinstance(v, float) else f"{k:>26}: {v}", flush=True)
     return result
 
 

@@ -131,7 +131,11 @@ def build_model(args, start: str) -> nn.Module:
     if getattr(args, "grad_checkpointing", False):
         # Recompute each block's activations in the backward pass: memory for time, on long inputs.
         # (Only in train mode; the non-reentrant form also serves torch.autograd.grad in the simulation.)
-        model.body.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model.body, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+        if enable:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.to(device_of(args))
 
 
