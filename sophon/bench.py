@@ -16,6 +16,7 @@ import time
 import torch
 from torch.utils.data import TensorDataset
 
+from sophon.config import LoopConfig
 from sophon.device import resolve_device
 from sophon.models.causal_lm import CausalLMClassifier
 from sophon.protect import Protector, ProtectConfig
@@ -37,9 +38,10 @@ def random_tokens(n: int, seq: int, vocab: int, labelled: bool, g: torch.Generat
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="tiny-gpt2", choices=SIZES)
-    p.add_argument("--adaptation_steps", type=int, default=5)
-    p.add_argument("--suppress_every", type=int, default=1, help="suppression gradient every N inner steps")
-    p.add_argument("--bs", type=int, default=32)
+    p.add_argument("--adaptation_steps", type=int, default=LoopConfig.adaptation_steps)
+    p.add_argument("--suppress_every", type=int, default=LoopConfig.suppress_every,
+                   help="suppression gradient every N inner steps")
+    p.add_argument("--bs", type=int, default=LoopConfig.bs)
     p.add_argument("--seq", type=int, default=48)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -57,7 +59,7 @@ def main(argv=None) -> dict:
                     "ice", device)
     config = ProtectConfig(adaptation_steps=args.adaptation_steps, suppress_every=args.suppress_every, bs=args.bs,
                            finetune_epochs=0,
-                           envs=[Environment("sgd", 1e-4, args.bs)])
+                           environments=[Environment("sgd", 1e-4, args.bs)])
     scratch = tempfile.TemporaryDirectory()  # the loop's run folder: the steps timed here write nothing in it
     protector = Protector(model, task, config, run_dir=scratch.name)
 

@@ -80,7 +80,7 @@ def test_sophon_start_without_path_is_refused(run, capsys):
 @pytest.mark.parametrize("flags, words", [
     (["--bs", "0"], "--bs must be greater than 0, got 0"),
     (["--seeds", "0"], "--seeds must be greater than 0"),
-    (["--guard", "1.5"], "--guard is a fraction"),
+    (["--guard", "1.5"], "--guard must be at least 0 and below 1, got 1.5"),
     (["--attacks", "adma:1e-3"], "unknown optimizer 'adma'"),
     (["--attacks", "adam:1e-3:epoch=3"], "unknown part 'epoch=3'"),
     (["--dataset", "IMDBX"], "unknown --dataset 'IMDBX'"),
