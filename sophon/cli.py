@@ -14,7 +14,7 @@ from dataclasses import fields
 from sophon.config import SHARED, build, value_type
 from sophon.device import device_of
 from sophon.resume import may_change, refuse_changes, saved_args
-from sophon.settings import CLASSIFICATION, arch_defaults, configs_of
+from sophon.settings import CLASSIFICATION, arch_defaults, configs_of, setting_for
 
 _UNSET = object()  # a flag's value before parsing: what is still _UNSET afterwards was not given
 
@@ -61,14 +61,8 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
     return {k: v for k, v in vars(parser.parse_args(argv, namespace=namespace)).items() if v is not _UNSET}
 
 
-def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = "tiny-gpt2", losses=(),
-          extra=None, pretrain: bool = False, resumable: bool = False):
-    """(args, setting): every field of the setting's configs resolved and checked, and the script's own flags.
-    Two passes: --arch (or the resumed run's) picks the setting, whose own flags are then added."""
-    from sophon.settings import setting_for
-
-    command = argv if argv is not None else sys.argv
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _parser(description: str, losses, resumable: bool, extra) -> argparse.ArgumentParser:
+    """The flags every script of a kind takes, before --arch has picked the setting."""
     # Raw: the scripts' docstrings are examples whose line breaks matter.
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=names_epilog())
@@ -78,11 +72,37 @@ def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = 
         parser.add_argument("--loss", default=losses[0], choices=losses, help="suppression loss")
     if resumable:
         parser.add_argument("--resume", default=None, metavar="RUN_DIR",
-                            help="continue an interrupted run with its saved flags (args.json); a flag that would "
+                            help="continue a run (interrupted, or finished: extend it with --total_loop) with its saved "
+                                 "flags (args.json); a flag that would "
                                  "change them is refused, except "
                                  + " ".join(f"--{n}" for n in sorted(may_change(SHARED) - {"resume"})))
     if extra:
         extra(parser)
+    return parser
+
+
+def _check(parser, values: dict, given: dict, saved: dict, classes, run_dir) -> None:
+    """A changed flag of a resumed run, a value out of its bounds, a choice the script does not take: one line."""
+    try:
+        if saved:
+            refuse_changes(given, saved, may_change(classes), run_dir)
+        for cls in classes:
+            build(cls, values)
+    except ValueError as err:
+        fail(str(err))
+    for action in parser._actions:  # a saved value this script's own choices do not take (another --loss)
+        if action.choices and values[action.dest] not in (None, *action.choices):
+            fail(f"--{action.dest} {values[action.dest]!r} is not one of {', '.join(action.choices)}; "
+                 "resume a run with the script that started it")
+
+
+def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = "tiny-gpt2", losses=(),
+          extra=None, pretrain: bool = False, resumable: bool = False):
+    """(args, setting): every field of the setting's configs resolved and checked, and the script's own flags.
+    Two passes: --arch (or the resumed run's) picks the setting, whose own flags are then added."""
+    command = argv if argv is not None else sys.argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(description, losses, resumable, extra)
     # --help waits for the second pass, so it lists the setting's own flags too.
     known, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
     run_dir = getattr(known, "resume", None)
@@ -104,17 +124,7 @@ def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = 
     show_defaults(parser, defaults, labels)
     given = given_flags(parser, argv)
     values = {**{a.dest: a.default for a in parser._actions if a.dest != "help"}, **given}
-    try:
-        if saved:
-            refuse_changes(given, saved, may_change(classes), run_dir)
-        for cls in classes:
-            build(cls, values)
-    except ValueError as err:
-        fail(str(err))
-    for action in parser._actions:  # a saved value the script's own choices do not take (another --loss)
-        if action.choices and values[action.dest] not in (None, *action.choices):
-            fail(f"--{action.dest} {values[action.dest]!r} is not one of {', '.join(action.choices)}; "
-                 "resume a run with the script that started it")
+    _check(parser, values, given, saved, classes, run_dir)
     args = argparse.Namespace(**values)
     # --suite replaces the preset's --attacks, not attacks the user asked for (sophon.suites).
     args.attacks_given = "attacks" in given or bool(saved.get("attacks_given"))

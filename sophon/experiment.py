@@ -23,7 +23,7 @@ from sophon.config import LoopConfig, build, field_names
 from sophon.device import device_of
 from sophon.protect import ProtectConfig, protect
 from sophon.settings import configs_of
-from sophon.simulate import AttackerDistribution, Environment, sample_environments
+from sophon.simulate import AttackerDistribution, sample_environments
 
 STARTS = ("normal", "sophon", "scratch")
 CACHE = "attack_cache"
@@ -46,8 +46,7 @@ def protect_config(args, setting_name: str) -> ProtectConfig:
     simulated attackers those fields name."""
     loop = build(LoopConfig, vars(args))
     sampled = loop.attackers == "sampled"
-    fixed = (sample_environments(loop.envs, loop.bs, args.seed) if loop.envs and not sampled
-             else [Environment("sgd", loop.fast_lr, loop.bs)])
+    fixed = sample_environments(loop.envs, loop.bs, args.seed) if loop.envs and not sampled else None
     return ProtectConfig(**asdict(loop), seed=args.seed, environments=fixed,
                          distribution=attacker_distribution(args, setting_name) if sampled else None)
 

@@ -9,7 +9,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -36,10 +36,15 @@ class ProtectConfig(LoopConfig):
     describe, as the Protector runs them."""
     seed: int = RunConfig.seed
     # Fixed attackers: averaged at every FTS step, and the first serves the short fine-tuning test.
-    environments: list[Environment] = field(default_factory=lambda: [Environment()])
+    # None: the one the flags describe, plain SGD at fast_lr with batch bs.
+    environments: list[Environment] | None = None
     # Sampled attackers: max(1, envs) new environments from `distribution` at every FTS step, averaged with
     # the fixed `environments` when `anchor` (else those only serve the short test); None: fixed only.
     distribution: AttackerDistribution | None = None
+
+    def __post_init__(self):
+        if self.environments is None:
+            self.environments = [Environment("sgd", self.fast_lr, self.bs)]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +52,8 @@ class ProtectConfig(LoopConfig):
     @classmethod
     def from_dict(cls, d: dict) -> "ProtectConfig":
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        d["environments"] = [Environment(**e) for e in d.get("environments", [{}])]
+        if d.get("environments"):
+            d["environments"] = [Environment(**e) for e in d["environments"]]
         if d.get("distribution"):
             dist = dict(d["distribution"], batch_sizes=tuple(d["distribution"]["batch_sizes"]))
             d["distribution"] = AttackerDistribution(**dist)
