@@ -89,3 +89,19 @@ def test_args_json_round_trips_into_the_same_configs(arch):
     for cls in configs_of(setting):
         assert build(cls, saved) == build(cls, vars(args))
     assert saved["lr"] == 0.003 and saved["suite"] == "quick" and saved["command"]
+
+
+def test_protect_config_is_the_loop_config_and_round_trips_through_a_sidecar():
+    from dataclasses import asdict
+
+    from sophon.experiment import protect_config
+    from sophon.protect import ProtectConfig
+    from sophon.simulate import Environment
+
+    config = ProtectConfig(fast_lr=0.1, bs=8, seed=3)
+    assert config.environments == [Environment("sgd", 0.1, 8)] and config.alpha == LoopConfig.alpha
+    args, setting = parse("test", ["--arch", "cnn", "--attackers", "sampled", "--envs", "2", "--seed", "4"])
+    config = protect_config(args, setting.NAME)
+    assert build(LoopConfig, asdict(config)) == build(LoopConfig, vars(args)) and config.seed == 4
+    assert config.distribution.batch_sizes == (32, 64, 128)  # around the cnn preset's --bs 64
+    assert ProtectConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # checkpoint sidecars
