@@ -87,7 +87,7 @@ def check_names(args) -> None:
 def _load(args, name: str, split: str, size: int | None) -> torch.utils.data.Dataset:
     mean, std = input_normalisation(args.arch)
     return load_image_dataset(name, split, args.img_size, mean, std, data_root=args.data_root,
-                              download=args.download, size=size, seed=args.seed or 0)
+                              download=args.download, size=size, seed=args.seed)
 
 
 @torch.no_grad()
@@ -147,7 +147,7 @@ class ImageTask:
 def build_task(args, suppression: str) -> ImageTask:
     check_names(args)
     key = (f"image|{args.dataset}:{args.train_size}|{args.original}:{args.original_size}|test:{args.test_size}"
-           f"|size:{args.img_size}|{args.arch}|seed:{args.seed or 0}")
+           f"|size:{args.img_size}|{args.arch}|seed:{args.seed}")
     return ImageTask(
         restricted_train=_load(args, args.dataset, "train", args.train_size),
         restricted_test=_load(args, args.dataset, "test", args.test_size),
@@ -171,7 +171,7 @@ def build_model(args, start: str) -> nn.Module:
     classes = NUM_CLASSES[args.original]
     if start == "scratch":
         with torch.random.fork_rng(devices=[]):  # same random init every time, global RNG untouched
-            torch.manual_seed(args.seed or 0)
+            torch.manual_seed(args.seed)
             return build_classifier(args.arch, classes, args.cnn_width).to(device_of(args))
     if start != "normal":
         raise ValueError(f"unknown start {start!r}; choose normal or scratch")
@@ -201,7 +201,7 @@ def pretrain(args) -> Path:
         print(f"{path} exists; reusing it (add --force to train again)")
         return path
     device = device_of(args)
-    seed = args.seed or 0
+    seed = args.seed
     torch.manual_seed(seed)
     train = _load(args, args.original, "train", args.original_size)
     test = _load(args, args.original, "test", args.test_size)
