@@ -71,7 +71,8 @@ def test_resume_takes_the_saved_flags_and_refuses_a_changed_one(run, capsys):
     line = _error_line(capsys, lambda: _resume(run_dir, "--lr", "0.01"))
     assert line == (f"error: --lr 0.01 conflicts with the run's saved 0.001 ({run_dir / 'args.json'}); "
                     "drop the flag or start a new run")
-    assert "--arch cnn conflicts with the run's saved tiny-gpt2" in _error_line(capsys, lambda: _resume(run_dir, "--arch", "cnn"))
+    line = _error_line(capsys, lambda: _resume(run_dir, "--arch", "cnn"))
+    assert "--arch cnn conflicts with the run's saved tiny-gpt2" in line
     assert "no args.json there" in _error_line(capsys, lambda: _resume(root))
 
 
