@@ -16,26 +16,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from sophon.cli import fail
 from sophon.hf_finetune import attack_with_trainer
+from sophon.settings import arch_args, text
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--normal", default="classification/pretrained/tiny-gpt2_NEWS", help="pre-trained model folder")
+    tiny = arch_args("tiny-gpt2")  # data and budget as the tiny-gpt2 preset's attacks
+    p.add_argument("--normal", default=text.default_pretrained(tiny), help="pre-trained model folder")
     p.add_argument("--sophon", required=True, help="the protected model, as written by python -m sophon.export")
     # 5e-5 is TrainingArguments' default, what a user who changes nothing runs; it suits 100M+ models and
     # barely moves a 1M-parameter one in 128 steps. 3e-4 is the text setting's usual AdamW lr (README).
     p.add_argument("--lr", default="5e-5,3e-4", help="comma-separated learning rates, one table row each")
-    p.add_argument("--epochs", type=int, default=4, help="as the tiny-gpt2 preset's attacks")
-    p.add_argument("--bs", type=int, default=32)
-    p.add_argument("--seeds", type=int, default=3, help="seeds --seed, --seed+1, ...")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", default="RT", help="restricted set")
-    p.add_argument("--original", default="NEWS", help="original set (perplexity of normal and SOPHON)")
-    p.add_argument("--train_size", type=int, default=1000, help="restricted training examples (tiny-gpt2 preset)")
-    p.add_argument("--test_size", type=int, default=2000)
-    p.add_argument("--max_len", type=int, default=48, help="tokens per example (tiny-gpt2 preset)")
+    p.add_argument("--epochs", type=int, default=tiny.truly_finetune_epochs, help="epochs of every attack")
+    p.add_argument("--bs", type=int, default=tiny.finetune_bs)
+    p.add_argument("--seeds", type=int, default=tiny.seeds, help="seeds --seed, --seed+1, ...")
+    p.add_argument("--seed", type=int, default=tiny.seed)
+    p.add_argument("--dataset", default=tiny.dataset, help="restricted set")
+    p.add_argument("--original", default=tiny.original, help="original set (perplexity of normal and SOPHON)")
+    p.add_argument("--train_size", type=int, default=tiny.train_size, help="restricted training examples")
+    p.add_argument("--test_size", type=int, default=tiny.test_size)
+    p.add_argument("--max_len", type=int, default=tiny.max_len, help="tokens per example")
     p.add_argument("--data_root", default=None, help="local copies of IMDB/PILE")
-    p.add_argument("--root", default="results")
+    p.add_argument("--root", default=tiny.root)
     args = p.parse_args(argv)
     for flag in ("normal", "sophon"):
         if not (Path(getattr(args, flag)) / "config.json").exists():

@@ -12,20 +12,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sophon.cli import base_parser, resolve
+from sophon.cli import parse
 from sophon.device import device_of
-from sophon.settings import diffusion
 
-parser = base_parser(__doc__.splitlines()[0])
-diffusion.add_arguments(parser)
-parser.add_argument("--ckpt", default=None, help="checkpoint to sample from (default: the pre-trained model)")
-parser.add_argument("--scratch", action="store_true", help="sample from an untrained UNet (a sanity check)")
-parser.add_argument("--out", default=None, help="PNG path (default: samples.png beside the checkpoint)")
-args = parser.parse_args()
-args.arch = args.arch or "unet-tiny"
-if args.arch not in diffusion.ARCHS:
-    parser.error(f"unknown --arch {args.arch!r}; choose one of {', '.join(diffusion.ARCHS)}")
-resolve(args, diffusion.PRESETS)
+
+def extra(parser):
+    parser.add_argument("--ckpt", default=None, help="checkpoint to sample from (default: the pre-trained model)")
+    parser.add_argument("--scratch", action="store_true", help="sample from an untrained UNet (a sanity check)")
+    parser.add_argument("--out", default=None, help="PNG path (default: samples.png beside the checkpoint)")
+
+
+args, diffusion = parse(__doc__.splitlines()[0], kind="diffusion", default_arch="unet-tiny", extra=extra)
 args.device = str(device_of(args))
 if args.scratch:
     model = diffusion.build_model(args, "scratch")

@@ -12,14 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sophon.cli import base_parser, resolve
-from sophon.settings import diffusion
+from sophon.cli import parse
 
-parser = base_parser(__doc__.splitlines()[0])
-diffusion.add_arguments(parser)
-args = parser.parse_args()
-args.arch = args.arch or "unet-tiny"
-if args.arch not in diffusion.ARCHS:
-    parser.error(f"unknown --arch {args.arch!r}; choose one of {', '.join(diffusion.ARCHS)}")
-resolve(args, diffusion.PRESETS)
+args, diffusion = parse(__doc__.splitlines()[0], kind="diffusion", default_arch="unet-tiny")
 diffusion.pretrain(args)

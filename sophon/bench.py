@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from sophon import distributed
+from sophon.config import LoopConfig
 from sophon.device import resolve_device
 from sophon.precision import PRECISIONS, Precision
 from sophon.protect import Protector, ProtectConfig
@@ -109,7 +110,7 @@ def measure(args) -> dict:
     model, task, examples = build(args.size, args.bs, args.seq, device)
     task.precision = Precision(args.precision, device)
     config = ProtectConfig(adaptation_steps=args.adaptation_steps, suppress_every=args.suppress_every, bs=args.bs,
-                           finetune_epochs=0, envs=[Environment("sgd", 1e-4, args.bs)] * args.envs)
+                           finetune_epochs=0, environments=[Environment("sgd", 1e-4, args.bs)] * args.envs)
     scratch = tempfile.TemporaryDirectory()  # the loop's run folder: the steps timed here write nothing
     protector = Protector(model, task, config, run_dir=scratch.name)
     outer = timed(lambda: (protector.fts_step(), protector.ntr_step()), args.iters, device)
@@ -176,10 +177,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="tiny-gpt2", choices=SIZES)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    p.add_argument("--adaptation_steps", type=int, default=5)
-    p.add_argument("--suppress_every", type=int, default=1, help="suppression gradient every N inner steps")
+    p.add_argument("--adaptation_steps", type=int, default=LoopConfig.adaptation_steps)
+    p.add_argument("--suppress_every", type=int, default=LoopConfig.suppress_every,
+                   help="suppression gradient every N inner steps")
     p.add_argument("--envs", type=int, default=1, help="simulated environments per FTS step")
-    p.add_argument("--bs", type=int, default=32)
+    p.add_argument("--bs", type=int, default=LoopConfig.bs)
     p.add_argument("--seq", type=int, default=48, help="tokens per example (text sizes)")
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--device", default="auto")

@@ -1,83 +1,22 @@
-"""Command-line flags shared by the scripts, with the paper's names (DESIGN §2).
+"""Command-line flags of the scripts, generated from the typed configs (sophon/config.py), with the
+paper's names (DESIGN §2).
 
-Flags default to None so that a per-arch preset (setting.PRESETS) can fill what the user left unset;
-GLOBAL_DEFAULTS fills the rest.
+A value is, last one wins: its config's default, the arch's preset (setting.PRESETS), the run's saved
+args.json (--resume), the command line.
 """
 
 import argparse
 import functools
 import os
 import sys
+from dataclasses import fields
 
+from sophon.config import SHARED, build, value_type
 from sophon.device import device_of
-from sophon.settings import CLASSIFICATION
+from sophon.resume import may_change, refuse_changes, saved_args
+from sophon.settings import CLASSIFICATION, arch_defaults, configs_of, setting_for
 
-GLOBAL_DEFAULTS = dict(
-    alpha=3.0, beta=5.0, lr=1e-4, fast_lr=1e-4, bs=32, ml_loop=1, nl_loop=1, total_loop=100,
-    adaptation_steps=5, test_iterval=20, finetune_epochs=1, truly_finetune_epochs=5, finetune_lr=1e-4,
-    finetune_bs=32, attacks="sgd", envs=0, guard=0.9, guard_action="stop", query_fraction=0.1, seed=0,
-    suite=None, seeds=3, tune=0, attackers="fixed", anchor=False, suppress_every=1, late_weight=0.0, query_bs=None,
-)
-
-
-def base_parser(description: str, losses: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    # Raw: the scripts' docstrings are examples whose line breaks matter; defaults are added per arch.
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=names_epilog())
-    g = p.add_argument_group("what to protect")
-    g.add_argument("--arch", default=None, help="model architecture; picks the setting (names below)")
-    g.add_argument("--dataset", default=None, help="restricted domain")
-    g.add_argument("--original", default=None, help="original domain")
-    g.add_argument("--pretrained", default=None, help="pre-trained weights: a file, a save_pretrained folder or a hub id")
-    g.add_argument("--data_root", default=None, help="folder holding local copies of the real datasets")
-    g.add_argument("--root", default="results", help="where run folders are written")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda when available)")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="autocast precision of every training step; weights and losses stay fp32")
-    g.add_argument("--grad_checkpointing", action="store_true",
-                   help="gradient checkpointing in the causal LMs' blocks (text setting): memory for time")
-    g.add_argument("--notes", default="", help="free text stored in args.json")
-    if losses:
-        g.add_argument("--loss", default=losses[0], choices=losses, help="suppression loss")
-    s = p.add_argument_group("SOPHON loop (paper flag names)")
-    for flag, kind, text in [
-        ("alpha", float, "FTS step size = alpha * lr"), ("beta", float, "NTR step size = beta * lr"),
-        ("lr", float, "base learning rate"), ("fast_lr", float, "simulated fine-tuning lr (fixed environment)"),
-        ("bs", int, "batch size"), ("ml_loop", int, "FTS steps per iteration"),
-        ("nl_loop", int, "NTR steps per iteration"), ("total_loop", int, "iterations"),
-        ("adaptation_steps", int, "inner fine-tuning steps K"), ("test_iterval", int, "evaluate every N iterations"),
-        ("finetune_epochs", int, "epochs of the short fine-tuning test during the run"),
-        ("truly_finetune_epochs", int, "epochs of the final fine-tuning attack"),
-        ("finetune_lr", float, "lr of the final plain-SGD attack"), ("finetune_bs", int, "attack batch size"),
-        ("envs", int, "0: one fixed plain-SGD environment at --fast_lr; N: sample N environments"),
-        ("guard", float, "stop when the original metric falls below this fraction of its start (0: off)"),
-        ("query_fraction", float, "query share of each simulated batch"),
-        ("query_bs", int, "a separate query batch of this size instead of the query_fraction split"),
-        ("suppress_every", int, "take the suppression gradient every N inner steps (and at the last)"),
-        ("late_weight", float, "weight inner step k by (k/K)^late_weight (0: uniform)"),
-    ]:
-        s.add_argument(f"--{flag}", type=kind, default=None, help=text)
-    s.add_argument("--guard_action", default=None, choices=("stop", "decay"))
-    s.add_argument("--attackers", default=None, choices=("fixed", "sampled"),
-                   help="simulated attackers: fixed (--envs) or a new draw of max(1, --envs) every FTS step from "
-                        "the attack suite's distribution (README)")
-    s.add_argument("--anchor", action="store_true", default=None,
-                   help="with --attackers sampled: keep the fixed attacker (plain SGD at --fast_lr) in every FTS "
-                        "step beside the sampled ones")
-    a = p.add_argument_group("attacks (the evaluation)")
-    a.add_argument("--attacks", default=None,
-                   help="comma-separated optimizer[:lr][:key=value...], keys bs, epochs, lr, method "
-                        "(full|head|lora|benign), schedule (constant|cosine|warmup-cosine); optimizers "
-                        "sgd sgd-momentum nesterov adam adamw rmsprop adagrad adadelta. "
-                        "E.g. adam:1e-4:method=lora:epochs=20,sgd-momentum:1e-3:bs=8")
-    a.add_argument("--suite", default=None, choices=("quick", "standard", "full"),
-                   help="a named attack suite (README); replaces the preset's --attacks, adds any given")
-    a.add_argument("--seeds", type=int, default=None, help="attack seeds per attack (default 3)")
-    a.add_argument("--tune", type=int, default=None, metavar="N",
-                   help="Optuna trials of the tuned attacker, run first and added as the row 'tuned' (0: off)")
-    s.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
-    return p
+_UNSET = object()  # a flag's value before parsing: what is still _UNSET afterwards was not given
 
 
 def fail(message: str) -> None:
@@ -104,37 +43,93 @@ def user_errors(main):
     return wrapper
 
 
-# Flag -> (lowest allowed value, whether the lowest is excluded): checked before anything loads.
-_BOUNDS = {**{k: (0, True) for k in ("bs", "finetune_bs", "total_loop", "adaptation_steps", "test_iterval",
-                                      "truly_finetune_epochs", "seeds", "suppress_every", "query_bs", "lr",
-                                      "fast_lr", "finetune_lr", "max_len", "train_size", "test_size",
-                                      "original_size", "img_size", "image_size", "eval_size", "eval_repeats",
-                                      "sample_steps", "cnn_width")},
-           **{k: (0, False) for k in ("alpha", "beta", "ml_loop", "nl_loop", "finetune_epochs", "envs", "tune",
-                                      "late_weight", "guard", "n_samples")}}
+def add_options(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of config `cls`, in a group named by its docstring."""
+    group = parser.add_argument_group(cls.__doc__.strip().splitlines()[0])
+    for f in fields(cls):
+        m = f.metadata
+        if value_type(f) is bool:
+            group.add_argument(f"--{f.name}", action="store_true", default=f.default, help=m["help"])
+        else:
+            group.add_argument(f"--{f.name}", type=value_type(f), default=f.default, choices=m["choices"],
+                               metavar=m["metavar"], help=m["help"])
 
 
-def check_values(args) -> None:
-    for key, (low, strict) in _BOUNDS.items():
-        value = getattr(args, key, None)
-        if value is not None and (value <= low if strict else value < low):
-            fail(f"--{key} must be {'greater than' if strict else 'at least'} {low}, got {value}")
-    if not 0 < args.query_fraction < 1:
-        fail(f"--query_fraction must lie between 0 and 1, got {args.query_fraction}")
-    if args.guard >= 1:
-        fail(f"--guard is a fraction of the pre-SOPHON metric below 1 (e.g. 0.9), got {args.guard}")
+def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
+    """{dest: value} of the flags `argv` gives; --help prints here, with the defaults already set."""
+    namespace = argparse.Namespace(**{a.dest: _UNSET for a in parser._actions if a.dest != "help"})
+    return {k: v for k, v in vars(parser.parse_args(argv, namespace=namespace)).items() if v is not _UNSET}
 
 
-def resolve(args: argparse.Namespace, presets: dict, argv: list[str] | None = None) -> argparse.Namespace:
-    """Fill flags left unset from the arch's preset, then from GLOBAL_DEFAULTS."""
-    args.attacks_given = args.attacks is not None
-    preset = presets.get(args.arch, {})
-    for key, value in {**GLOBAL_DEFAULTS, **preset}.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, preset.get(key, value))
-    args.command = " ".join(argv if argv is not None else sys.argv)
-    check_values(args)
-    return args
+def _parser(description: str, losses, resumable: bool, extra) -> argparse.ArgumentParser:
+    """The flags every script of a kind takes, before --arch has picked the setting."""
+    # Raw: the scripts' docstrings are examples whose line breaks matter.
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=names_epilog())
+    for cls in SHARED:
+        add_options(parser, cls)
+    if losses:
+        parser.add_argument("--loss", default=losses[0], choices=losses, help="suppression loss")
+    if resumable:
+        parser.add_argument("--resume", default=None, metavar="RUN_DIR",
+                            help="continue a run (interrupted, or finished: extend it with --total_loop) with its saved "
+                                 "flags (args.json); a flag that would "
+                                 "change them is refused, except "
+                                 + " ".join(f"--{n}" for n in sorted(may_change(SHARED) - {"resume"})))
+    if extra:
+        extra(parser)
+    return parser
+
+
+def _check(parser, values: dict, given: dict, saved: dict, classes, run_dir) -> None:
+    """A changed flag of a resumed run, a value out of its bounds, a choice the script does not take: one line."""
+    try:
+        if saved:
+            refuse_changes(given, saved, may_change(classes), run_dir)
+        for cls in classes:
+            build(cls, values)
+    except ValueError as err:
+        fail(str(err))
+    for action in parser._actions:  # a saved value this script's own choices do not take (another --loss)
+        if action.choices and values[action.dest] not in (None, *action.choices):
+            fail(f"--{action.dest} {values[action.dest]!r} is not one of {', '.join(action.choices)}; "
+                 "resume a run with the script that started it")
+
+
+def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = "tiny-gpt2", losses=(),
+          extra=None, pretrain: bool = False, resumable: bool = False):
+    """(args, setting): every field of the setting's configs resolved and checked, and the script's own flags.
+    Two passes: --arch (or the resumed run's) picks the setting, whose own flags are then added."""
+    command = argv if argv is not None else sys.argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(description, losses, resumable, extra)
+    # --help waits for the second pass, so it lists the setting's own flags too.
+    known, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
+    run_dir = getattr(known, "resume", None)
+    try:
+        saved = saved_args(run_dir) if run_dir else {}
+        arch = known.arch or saved.get("arch") or default_arch
+        setting = setting_for(arch, kind)
+    except ValueError as err:
+        parser.error(str(err))
+    except FileNotFoundError as err:
+        fail(str(err))
+    classes = configs_of(setting, pretrain)
+    for cls in classes[len(SHARED):]:
+        add_options(parser, cls)
+    dests = {a.dest for a in parser._actions} - {"help", "resume"}
+    defaults = {**arch_defaults(setting, arch, classes), **{k: v for k, v in saved.items() if k in dests}}
+    labels = {k: f"default for --arch {arch}" for k in setting.PRESETS.get(arch, {})}
+    labels.update({k: f"saved in {run_dir}" for k in saved if k in dests})
+    show_defaults(parser, defaults, labels)
+    given = given_flags(parser, argv)
+    values = {**{a.dest: a.default for a in parser._actions if a.dest != "help"}, **given}
+    _check(parser, values, given, saved, classes, run_dir)
+    args = argparse.Namespace(**values)
+    # --suite replaces the preset's --attacks, not attacks the user asked for (sophon.suites).
+    args.attacks_given = "attacks" in given or bool(saved.get("attacks_given"))
+    args.command = saved.get("command") or " ".join(command)
+    return args, setting
 
 
 def resolve_attacks(args, setting_name: str) -> None:
@@ -142,34 +137,10 @@ def resolve_attacks(args, setting_name: str) -> None:
     from sophon.attack import AttackSpecError
     from sophon.suites import attacks_from_args
 
-    if args.seeds < 1:
-        fail(f"--seeds must be at least 1, got {args.seeds}")
-    if args.tune < 0:
-        fail(f"--tune must be 0 (off) or a number of trials, got {args.tune}")
     try:
         args.attack_list = {a.label: a for a in attacks_from_args(args, setting_name)}
     except AttackSpecError as err:
         fail(str(err))
-
-
-def _setting_parser(description: str, argv, losses=(), kind=None, extra=None, default_arch="tiny-gpt2"):
-    """Two passes: --arch picks the setting, whose own flags are then added and parsed."""
-    from sophon.settings import setting_for
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = base_parser(description, losses)
-    if extra:
-        extra(parser)
-    # --help waits for the second pass, so it lists the setting's own flags too.
-    known, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
-    arch = known.arch or default_arch
-    try:
-        setting = setting_for(arch, kind)
-    except ValueError as err:
-        parser.error(str(err))
-    setting.add_arguments(parser)
-    show_defaults(parser, {**GLOBAL_DEFAULTS, **setting.PRESETS.get(arch, {})}, arch)
-    return parser, setting, argv
 
 
 def names_epilog() -> str:
@@ -188,24 +159,22 @@ def names_epilog() -> str:
     return "\n".join(lines)
 
 
-def show_defaults(parser: argparse.ArgumentParser, defaults: dict, arch: str) -> None:
-    """Append to each flag's help the value it takes for this --arch when left unset."""
+def show_defaults(parser: argparse.ArgumentParser, defaults: dict, labels: dict) -> None:
+    """Set each flag's default as resolved for this --arch, and append it to the flag's help."""
     for action in parser._actions:
+        action.default = defaults.get(action.dest, action.default)
         if not action.help or action.help == argparse.SUPPRESS or action.dest == "help":
             continue
-        value = defaults.get(action.dest, action.default)
-        if value not in (None, False, ""):
-            action.help += f" (default for --arch {arch}: {value})" if action.dest in defaults else f" (default: {value})"
+        if action.dest in labels:
+            action.help += f" ({labels[action.dest]}: {action.default})"
+        elif action.default is not None and action.default is not False and action.default != "":
+            action.help += f" (default: {action.default})"
 
 
 def parse_setting_args(description: str, argv=None, kind=CLASSIFICATION, losses=(), extra=None,
-                       default_arch: str = "tiny-gpt2"):
-    """(args, setting) with presets filled and the attacks checked: what every attacking script needs."""
-    parser, setting, argv = _setting_parser(description, argv, losses, kind=kind, extra=extra,
-                                            default_arch=default_arch)
-    args = parser.parse_args(argv)
-    args.arch = args.arch or default_arch
-    resolve(args, setting.PRESETS, argv)
+                       default_arch: str = "tiny-gpt2", resumable: bool = False):
+    """(args, setting) with the attacks checked: what every attacking script needs."""
+    args, setting = parse(description, argv, kind, default_arch, losses, extra, resumable=resumable)
     resolve_attacks(args, setting.NAME)
     return args, setting
 
@@ -215,7 +184,7 @@ def classification_main(description: str, losses: tuple[str, ...], argv=None):
     """inverse_loss.py and kl_uniform_loss.py: the same run, a different suppression loss."""
     from sophon.experiment import protect_and_test
 
-    args, setting = parse_setting_args(description, argv, losses=losses)
+    args, setting = parse_setting_args(description, argv, losses=losses, resumable=True)
     return protect_and_test(args, args.loss, setting)
 
 
@@ -233,11 +202,7 @@ def finetune_test_main(description: str, argv=None):
 
 @user_errors
 def pretrain_main(description: str, argv=None):
-    parser, setting, argv = _setting_parser(description, argv, kind=CLASSIFICATION)
-    setting.add_pretrain_arguments(parser)
-    args = parser.parse_args(argv)
-    args.arch = args.arch or "tiny-gpt2"
-    resolve(args, setting.PRESETS, argv)
+    args, setting = parse(description, argv, kind=CLASSIFICATION, pretrain=True)
     args.device = str(device_of(args))
     return setting.pretrain(args)
 
@@ -253,7 +218,8 @@ def generation_main(description: str, loss: str, argv=None):
         p.add_argument("--pretest", choices=("pretrained", "scratch"), default=None,
                        help="only run a baseline fine-tuning test: from the pre-trained model, or from scratch")
 
-    args, setting = parse_setting_args(description, argv, kind="diffusion", extra=extra, default_arch="unet-tiny")
+    args, setting = parse_setting_args(description, argv, kind="diffusion", extra=extra, default_arch="unet-tiny",
+                                       resumable=True)
     if args.finetune:
         return finetune_test(args, setting, "sophon", args.finetune, loss)
     if args.pretest:

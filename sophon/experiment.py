@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,10 +19,12 @@ from tqdm.auto import tqdm
 from sophon import checkpoint, distributed, report
 from sophon import verdict as V
 from sophon.attack import Attack, finetune
+from sophon.config import LoopConfig, build, field_names
 from sophon.device import device_of
 from sophon.precision import Precision
 from sophon.protect import ProtectConfig, protect
-from sophon.simulate import AttackerDistribution, Environment, sample_environments
+from sophon.settings import configs_of
+from sophon.simulate import AttackerDistribution, sample_environments
 
 STARTS = ("normal", "sophon", "scratch")
 CACHE = "attack_cache"
@@ -32,29 +35,29 @@ def attacker_distribution(args, setting_name: str) -> AttackerDistribution:
     sizes around --bs, linear probes (where there is a head) and benign-first episodes."""
     from sophon.suites import HAS_HEAD, USUAL_LR_BY_SETTING
 
-    scale = getattr(args, "suite_lr_scale", None) or 1.0
-    return AttackerDistribution(usual_lr={o: lr * scale for o, lr in USUAL_LR_BY_SETTING[setting_name].items()},
+    usual = USUAL_LR_BY_SETTING[setting_name]
+    return AttackerDistribution(usual_lr={o: lr * args.suite_lr_scale for o, lr in usual.items()},
                                 decades=1.0, batch_sizes=tuple(sorted({max(2, args.bs // 2), args.bs, 2 * args.bs})),
                                 head_share=0.2 if HAS_HEAD[setting_name] else 0.0, benign_share=0.1,
                                 benign_steps=args.adaptation_steps)
 
 
 def protect_config(args, setting_name: str) -> ProtectConfig:
-    envs = (sample_environments(args.envs, args.bs, args.seed) if args.envs and args.attackers == "fixed"
-            else [Environment("sgd", args.fast_lr, args.bs)])
-    sampled = args.attackers == "sampled"
-    return ProtectConfig(alpha=args.alpha, beta=args.beta, lr=args.lr, bs=args.bs, ml_loop=args.ml_loop,
-                         nl_loop=args.nl_loop, total_loop=args.total_loop, adaptation_steps=args.adaptation_steps,
-                         test_iterval=args.test_iterval, finetune_epochs=args.finetune_epochs,
-                         query_fraction=args.query_fraction, envs=envs,
-                         distribution=attacker_distribution(args, setting_name) if sampled else None,
-                         n_envs=max(1, args.envs), anchor=args.anchor, suppress_every=args.suppress_every, late_weight=args.late_weight,
-                         query_bs=args.query_bs, guard=args.guard, guard_action=args.guard_action, seed=args.seed)
+    """The loop as the flags describe it: LoopConfig's fields as resolved, the run's seed, and the
+    simulated attackers those fields name."""
+    loop = build(LoopConfig, vars(args))
+    sampled = loop.attackers == "sampled"
+    fixed = sample_environments(loop.envs, loop.bs, args.seed) if loop.envs and not sampled else None
+    return ProtectConfig(**asdict(loop), seed=args.seed, environments=fixed,
+                         distribution=attacker_distribution(args, setting_name) if sampled else None)
 
 
-def args_to_json(args) -> str:
-    """args.json: every resolved flag (and the command line), as run."""
-    return json.dumps(vars(args), indent=2, default=str)
+def args_to_json(args, setting) -> str:
+    """args.json: the fields of the run's configs as resolved (sophon.config, the order of its classes),
+    then what the script added (loss, command, the attacker distribution). --resume reads it back."""
+    values = {k: v for k, v in vars(args).items() if k != "attack_list"}  # attacks/suite say it again
+    ordered = {name: values.pop(name) for name in field_names(configs_of(setting)) if name in values}
+    return json.dumps({**ordered, **values}, indent=2, default=str)
 
 
 # Run folders are named as in the NLP fork's README (results/inverse_loss/..., results/kl_loss/...);
@@ -68,9 +71,9 @@ def new_run_dir(args, kind: str) -> Path:
     return Path(distributed.broadcast(str(_new_run_dir(args, kind)) if distributed.is_main() else None))
 
 
-def write_args(run_dir: Path, args) -> None:
+def write_args(run_dir: Path, args, setting) -> None:
     if distributed.is_main():
-        (run_dir / "args.json").write_text(args_to_json(args))
+        (run_dir / "args.json").write_text(args_to_json(args, setting))
 
 
 def _new_run_dir(args, kind: str) -> Path:
@@ -196,7 +199,7 @@ def with_tuned(args, task, setting_name: str, target, attacks: dict[str, Attack]
     best = None
     if distributed.is_main():  # one search (its trials are sequential), shared with the other processes
         best, study = search(target, task, setting_name, args.tune, args.finetune_bs, args.truly_finetune_epochs,
-                             budget, args.seed, getattr(args, "suite_lr_scale", None) or 1.0)
+                             budget, args.seed, args.suite_lr_scale)
         print(f"tuned attacker after {args.tune} trials: {best.label} ({task.restricted_metric} "
               f"{study.best_value:.4g})", flush=True)
     return {"tuned": distributed.broadcast(best), **attacks}
@@ -205,7 +208,7 @@ def with_tuned(args, task, setting_name: str, target, attacks: dict[str, Attack]
 def build_task(args, setting, loss: str):
     """The setting's task, with the --precision its training steps autocast to."""
     task = setting.build_task(args, loss)
-    task.precision = Precision(getattr(args, "precision", "fp32"), task.device)
+    task.precision = Precision(args.precision, task.device)
     return task
 
 
@@ -222,7 +225,7 @@ def protect_model(args, loss: str, setting, run_dir: Path | None = None, resume:
     meta = {"arch": args.arch, "dataset": args.dataset, "original": args.original, "loss": loss}
     config = protect_config(args, setting.NAME)
     args.attacker_distribution = config.distribution.to_dict() if config.distribution else None
-    write_args(run_dir, args)
+    write_args(run_dir, args, setting)
     summary = protect(protected, task, config, run_dir, meta, resume=resume)
     print(f"SOPHON {summary['status']} after {summary['iteration']} iterations", flush=True)
     return run_dir, task, normal, protected, summary
@@ -270,7 +273,7 @@ def finetune_test(args, setting, start: str, path: str | None, loss: str = "ice"
              "sophon": lambda: load_protected(args, setting, path)}
     models = {s: build[s]() for s in STARTS if s == start or (args.tune and (s != "sophon" or path))}
     run_dir = new_run_dir(args, "finetune_test")
-    write_args(run_dir, args)
+    write_args(run_dir, args, setting)
     attacks = with_tuned(args, task, setting.NAME, models[start], args.attack_list)
     evaluate(args, task, setting, run_dir, models, attacks, f"fine-tuning test from {start}: {args.arch} on {args.dataset}")
     return run_dir

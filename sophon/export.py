@@ -28,7 +28,7 @@ from torch import nn
 
 from sophon import checkpoint
 from sophon.model_card import model_card
-from sophon.settings import setting_for  # the one door to the setting modules (text, image, diffusion)
+from sophon.settings import arch_defaults, setting_for  # the one door to the setting modules (text, image, diffusion)
 
 
 class ExportError(ValueError):
@@ -56,6 +56,11 @@ class Run:
         except ValueError:
             raise ExportError(f"{self.checkpoint} was written for arch {self.arch!r}, which no setting serves; "
                               "pass a checkpoint of a SOPHON run") from None
+
+    def setting_value(self, key: str):
+        """A field of the setting's config as the run had it: args.json, else the arch's default."""
+        value = self.args.get(key)
+        return arch_defaults(self.setting, self.arch, [self.setting.CONFIG])[key] if value is None else value
 
     def get(self, key: str, default=None):
         """A run setting: the sidecar first (it travels with the weights), then args.json."""
@@ -153,7 +158,7 @@ def export_diffusion(run: Run, out: Path, pretrained: str | None) -> dict:
         model = UNet2DModel.from_config(UNet2DModel.load_config(str(folder)))
     else:
         channels = run.model["conv_in.weight"].shape[1]
-        model = unet(run.arch, channels, run.args.get("image_size") or 32)
+        model = unet(run.arch, channels, run.setting_value("image_size"))
     _load_exactly(model, run.model, "UNet")
     DDPMPipeline(unet=model.eval(), scheduler=noise_scheduler()).save_pretrained(str(out))
     return {"library": "diffusers", "base": folder}
@@ -166,14 +171,13 @@ def export_image(run: Run, out: Path) -> dict:
     image = run.setting
     cnn_width = int(run.model["body.features.0.weight"].shape[0]) if run.arch == "cnn" else None
     classes = int(run.model["head.weight"].shape[0])
-    model = build_classifier(run.arch, classes, cnn_width or image.OWN_DEFAULTS["cnn_width"])
+    model = build_classifier(run.arch, classes, cnn_width or image.CONFIG.cnn_width)
     _load_exactly(model, run.model, "classifier")  # checks the arch and widths before anything is written
     body = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith("body.")}
     save_file(body, str(out / "model.safetensors"), metadata={"format": "pt"})
     mean, std = input_normalisation(run.arch)
     config = {"library": "sophon", "arch": run.arch, "cnn_width": cnn_width,
-              "img_size": run.args.get("img_size") or image.PRESETS.get(run.arch, {}).get("img_size")
-              or image.OWN_DEFAULTS["img_size"],
+              "img_size": run.setting_value("img_size"),
               "mean": list(mean), "std": list(std), "channels": 3, "num_features": model.head.in_features,
               "original": run.get("original"), "original_classes": classes, "restricted": run.get("dataset"),
               "head": "not included: build_classifier(arch, num_classes) gives a fresh one"}

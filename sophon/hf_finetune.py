@@ -115,10 +115,9 @@ def perplexity(folder: Path, tokenizer, texts: list[str], max_len: int, bs: int 
     return math.exp(nll / max(1, tokens))
 
 
-def attack_with_trainer(folders: dict[str, Path], out_dir: Path, lrs: list[float], bs: int = 32, epochs: int = 4,
-                        seeds: list[int] = (0, 1, 2), dataset: str = "RT", original: str = "NEWS",
-                        train_size: int | None = 1000, test_size: int | None = 2000, max_len: int = 48,
-                        data_root: str | None = None) -> dict:
+def attack_with_trainer(folders: dict[str, Path], out_dir: Path, lrs: list[float], bs: int, epochs: int,
+                        seeds: list[int], dataset: str, original: str, train_size: int | None, test_size: int | None,
+                        max_len: int, data_root: str | None = None) -> dict:
     """Every start x lr x seed; judge; write results.{json,md,csv}, results_curves.json and curves.png.
 
     `folders` maps normal/sophon to save_pretrained folders; scratch takes normal's config and tokenizer."""

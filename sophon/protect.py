@@ -9,7 +9,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from sophon import checkpoint, distributed
 from sophon.attack import Attack, finetune
+from sophon.config import LoopConfig, RunConfig
 from sophon.precision import of as precision_of
 from sophon.rng import draw_seed, seeded
 from sophon.simulate import AttackerDistribution, Environment, Simulator
@@ -31,30 +32,20 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
-class ProtectConfig:
-    alpha: float = 3.0  # FTS step = alpha * lr
-    beta: float = 5.0  # NTR step = beta * lr
-    lr: float = 1e-4
-    bs: int = 32  # NTR batch size
-    ml_loop: int = 1
-    nl_loop: int = 1
-    total_loop: int = 100
-    adaptation_steps: int = 5
-    test_iterval: int = 20
-    finetune_epochs: int = 1  # the short fine-tuning test at each evaluation
-    query_fraction: float = 0.1
-    envs: list[Environment] = field(default_factory=lambda: [Environment()])
-    # Sampled attackers: `n_envs` new environments from `distribution` at every FTS step, averaged with
-    # the fixed `envs` when `anchor` (else `envs` only serve the short test); None keeps the fixed `envs`.
+class ProtectConfig(LoopConfig):
+    """The loop's fields (sophon.config.LoopConfig, defaults there) and the simulated attackers they
+    describe, as the Protector runs them."""
+    seed: int = RunConfig.seed
+    # Fixed attackers: averaged at every FTS step, and the first serves the short fine-tuning test.
+    # None: the one the flags describe, plain SGD at fast_lr with batch bs.
+    environments: list[Environment] | None = None
+    # Sampled attackers: max(1, envs) new environments from `distribution` at every FTS step, averaged with
+    # the fixed `environments` when `anchor` (else those only serve the short test); None: fixed only.
     distribution: AttackerDistribution | None = None
-    n_envs: int = 1
-    anchor: bool = False
-    suppress_every: int = 1  # suppression gradient every N inner steps (and at the last)
-    late_weight: float = 0.0  # weight of inner step k ∝ (k/K)^late_weight
-    query_bs: int | None = None  # a separate query batch of this size (None: query_fraction split)
-    guard: float = 0.9  # relative floor of the original metric; 0 disables the guard
-    guard_action: str = "stop"  # or "decay": halve alpha and go on
-    seed: int = 0
+
+    def __post_init__(self):
+        if self.environments is None:
+            self.environments = [Environment("sgd", self.fast_lr, self.bs)]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +53,8 @@ class ProtectConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ProtectConfig":
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        d["envs"] = [Environment(**e) for e in d.get("envs", [{}])]
+        if d.get("environments"):
+            d["environments"] = [Environment(**e) for e in d["environments"]]
         if d.get("distribution"):
             dist = dict(d["distribution"], batch_sizes=tuple(d["distribution"]["batch_sizes"]))
             d["distribution"] = AttackerDistribution(**dist)
@@ -104,9 +96,9 @@ class Protector:
         """This FTS step's simulated attackers: the fixed ones, or fresh draws (with the fixed beside)."""
         dist = self.config.distribution
         if not dist:
-            return list(self.config.envs)
-        drawn = [dist.draw(self.generator) for _ in range(self.config.n_envs)]
-        return list(self.config.envs) + drawn if self.config.anchor else drawn
+            return list(self.config.environments)
+        drawn = [dist.draw(self.generator) for _ in range(max(1, self.config.envs))]
+        return list(self.config.environments) + drawn if self.config.anchor else drawn
 
     def fts_step(self) -> dict:
         self.model.train()
@@ -187,8 +179,8 @@ class Protector:
     def _evaluate(self) -> dict:
         metrics = self.original_metrics()
         if self.config.finetune_epochs > 0:
-            attack = Attack(optimizer=self.config.envs[0].optimizer, lr=self.config.envs[0].lr,
-                            bs=self.config.envs[0].batch_size, epochs=self.config.finetune_epochs)
+            env = self.config.environments[0]
+            attack = Attack(optimizer=env.optimizer, lr=env.lr, bs=env.batch_size, epochs=self.config.finetune_epochs)
             curve = finetune(self.model, self.task, attack, seed=self.config.seed, progress=False)
             metrics[f"finetuned_{self.task.restricted_metric}"] = curve[-1][self.task.restricted_metric]
         return metrics

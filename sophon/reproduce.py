@@ -16,6 +16,7 @@ from pathlib import Path
 from sophon import report
 from sophon.attack import Attack
 from sophon.cli import parse_setting_args, pretrain_main, user_errors
+from sophon.config import SUITE_NAMES, AttackConfig, RunConfig
 from sophon.device import device_of
 from sophon.experiment import build_task, evaluate, load_protected, protect_model
 
@@ -30,11 +31,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--setting", default="all", choices=(*SETTINGS, "all"))
-    p.add_argument("--suite", default="standard", choices=("quick", "standard", "full"))
-    p.add_argument("--seeds", type=int, default=3, help="attack seeds per attack")
+    p.add_argument("--suite", default="standard", choices=SUITE_NAMES)
+    p.add_argument("--seeds", type=int, default=AttackConfig.seeds, help="attack seeds per attack")
     p.add_argument("--tune", type=int, default=DEFAULT_TUNE, help="Optuna trials of the tuned attacker (0: off)")
-    p.add_argument("--root", default="results")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--root", default=RunConfig.root)
+    p.add_argument("--device", default=RunConfig.device)
     p.add_argument("--data_root", default=None, help="real datasets (paper presets need --arch flags too)")
     return p
 

@@ -6,9 +6,8 @@ the model has a head and an attention body) and of the preset's attack budget (`
 """
 
 from sophon.attack import Attack, AttackSpecError, parse_attacks
+from sophon.config import SUITE_NAMES as SUITES
 from sophon.optim import OPTIMIZERS, USUAL_LR
-
-SUITES = ("quick", "standard", "full")
 
 # The lr an attacker would first try with each optimizer, per setting (classifiers of images take
 # sophon.optim.USUAL_LR as it is). Paper-scale presets multiply these by their `suite_lr_scale`.
@@ -65,15 +64,15 @@ def suite(name: str, setting: str, bs: int, epochs: int, lr_scale: float = 1.0) 
 def attacks_from_args(args, setting: str) -> list[Attack]:
     """The attacks a script runs: `--suite`, plus any `--attacks` given, in order and without
     repeats. Raises AttackSpecError (before anything is loaded) on a bad name, key or value."""
-    scale = getattr(args, "suite_lr_scale", None) or 1.0
+    scale = args.suite_lr_scale
 
     def lr_for(optimizer: str) -> float:
         # The paper's final attack is plain SGD at --finetune_lr; other optimizers start at their usual lr.
         return args.finetune_lr if optimizer == "sgd" else usual_lr(setting, optimizer, scale)
 
     bs, epochs = args.finetune_bs, args.truly_finetune_epochs
-    attacks = suite(args.suite, setting, bs, epochs, scale) if getattr(args, "suite", None) else []
-    if args.attacks and (not attacks or getattr(args, "attacks_given", False)):
+    attacks = suite(args.suite, setting, bs, epochs, scale) if args.suite else []
+    if args.attacks and (not attacks or args.attacks_given):
         attacks += parse_attacks(args.attacks, lr_for, bs, epochs)
     unique = list({a.label: a for a in attacks}.values())
     if not HAS_HEAD[setting]:

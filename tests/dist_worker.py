@@ -32,6 +32,6 @@ task.precision = Precision(args.precision, task.device)
 # Three environments, so that two processes get unequal shares (two and one).
 envs = [Environment("sgd", 0.1, 16), Environment("adam", 1e-2, 8), Environment("rmsprop", 1e-3, 16)]
 config = ProtectConfig(total_loop=args.total_loop, test_iterval=2, adaptation_steps=3, bs=16, lr=1e-2,
-                       finetune_epochs=1, envs=envs, guard=0, seed=7)
+                       finetune_epochs=1, environments=envs, guard=0, seed=7)
 protect(model, task, config, args.run_dir, resume=args.resume)
 print(f"processes: {distributed.world()}", flush=True)

@@ -89,7 +89,7 @@ def test_one_protect_iteration_changes_weights_and_checkpoints(tmp_path, suppres
     model = unet("unet-tiny", 1, 16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = ProtectConfig(total_loop=1, adaptation_steps=2, test_iterval=1, finetune_epochs=1, bs=4,
-                           envs=[Environment("sgd", 1e-2, 8)], guard=0)
+                           environments=[Environment("sgd", 1e-2, 8)], guard=0)
     summary = protect(model, small_task(suppression), config, tmp_path)
     assert summary["status"] == "finished" and summary["iteration"] == 1
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]

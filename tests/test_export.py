@@ -251,7 +251,7 @@ def test_trainer_attack_runs_and_writes_the_project_table(text_run, tmp_path):
     assert curve[0]["accuracy"] == pytest.approx((predicted == torch.tensor(data.labels)).float().mean().item())
 
     result = attack_with_trainer({"normal": normal, "sophon": release}, tmp_path, [1e-3], bs=8, epochs=1,
-                                 seeds=[0, 1], train_size=8, test_size=16, max_len=32)
+                                 seeds=[0, 1], dataset="RT", original="NEWS", train_size=8, test_size=16, max_len=32)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["start"] for r in saved["rows"]] == ["normal", "sophon", "scratch"]
     assert saved["rows"][0]["spec"] == "adamw:0.001:bs=8:epochs=1" and len(saved["rows"][0]["final"]) == 2

@@ -8,7 +8,7 @@ import torch
 from sophon.models.vision import IMAGE_ARCHS, build_classifier, load_weights, read_weights, to_classifier_keys
 from sophon.protect import Protector, ProtectConfig
 from sophon.simulate import Environment
-from sophon.settings import SETTING_ARCHS, setting_for
+from sophon.settings import SETTING_ARCHS, arch_args, setting_for
 from sophon.settings import image as setting
 
 
@@ -42,8 +42,8 @@ def test_vgg_is_configuration_b_without_batchnorm():
 
 
 def _cnn_task(suppression="ice"):
-    args = argparse.Namespace(arch="cnn", dataset="DIGITS", original="DIGITS", seed=0, device="cpu",
-                              train_size=64, original_size=64, test_size=64, img_size=16)
+    args = arch_args("cnn", dataset="DIGITS", original="DIGITS", device="cpu", train_size=64, original_size=64,
+                     test_size=64, img_size=16)
     return args, setting.build_task(args, suppression)
 
 
@@ -73,7 +73,7 @@ def test_batchnorm_statistics_unchanged_by_a_simulation_step(tmp_path):
     model = setting.build_model(args, "scratch")
     saved = batchnorm_buffers(model)
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    config = ProtectConfig(lr=1e-3, bs=16, adaptation_steps=2, envs=[Environment("sgd", 0.1, 16)])
+    config = ProtectConfig(lr=1e-3, bs=16, adaptation_steps=2, environments=[Environment("sgd", 0.1, 16)])
     Protector(model, task, config, tmp_path).fts_step()
     assert saved and any(n.endswith("running_mean") for n in saved)
     for name, value in batchnorm_buffers(model).items():
@@ -97,8 +97,8 @@ def test_torchvision_keys_are_renamed_and_shapes_checked(tmp_path):
 
 
 def test_normal_model_missing_names_the_pretrain_command(tmp_path):
-    args = argparse.Namespace(arch="cnn", dataset="DIGITS", original="DIGITS", seed=0, device="cpu",
-                              pretrained=str(tmp_path / "absent.safetensors"))
+    args = arch_args("cnn", dataset="DIGITS", original="DIGITS", device="cpu",
+                     pretrained=str(tmp_path / "absent.safetensors"))
     with pytest.raises(FileNotFoundError, match="classification/pretrain.py --arch cnn"):
         setting.build_model(args, "normal")
 
@@ -116,8 +116,8 @@ def test_unknown_arch_and_dataset_are_named():
 def test_pretrain_then_normal_start_learns_digits(tmp_path, monkeypatch):
     """Pre-training writes the cache that build_model("normal") reads, and it is above chance."""
     monkeypatch.setattr(setting, "PRETRAINED_DIR", tmp_path)
-    args = argparse.Namespace(arch="cnn", original="DIGITS", dataset="DIGITS", img_size=16, seed=0,
-                              device="cpu", pretrain_epochs=8, pretrain_lr=1e-2, pretrain_bs=64, test_size=None)
+    args = arch_args("cnn", original="DIGITS", dataset="DIGITS", img_size=16, device="cpu", pretrain_epochs=8,
+                     pretrain_lr=1e-2, pretrain_bs=64, test_size=None)
     path = setting.pretrain(args)
     assert path == tmp_path / "cnn_DIGITS.safetensors" and path.exists()
     model = setting.build_model(args, "normal")

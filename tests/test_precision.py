@@ -38,7 +38,7 @@ def one_iteration(model, task, precision: str, tmp_path) -> tuple[dict, set]:
     dtypes = set()
     layer = next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
     layer.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))  # copied into the simulated learners
-    config = ProtectConfig(adaptation_steps=2, bs=8, finetune_epochs=0, envs=[Environment("sgd", 1e-2, 8)])
+    config = ProtectConfig(adaptation_steps=2, bs=8, finetune_epochs=0, environments=[Environment("sgd", 1e-2, 8)])
     protector = Protector(model, task, config, tmp_path)
     return {**protector.fts_step(), **protector.ntr_step()}, dtypes
 
@@ -86,7 +86,7 @@ def test_gradient_checkpointing_changes_memory_not_the_step(tmp_path):
         torch.manual_seed(0)  # θ's own (unused) classification head is drawn at build time
         model, task = text.build_model(args, "normal"), text.build_task(args, "ice")
         assert model.body.is_activation_checkpointing == flag
-        config = ProtectConfig(adaptation_steps=2, bs=8, finetune_epochs=0, envs=[Environment("sgd", 1e-2, 8)])
+        config = ProtectConfig(adaptation_steps=2, bs=8, finetune_epochs=0, environments=[Environment("sgd", 1e-2, 8)])
         Protector(model, task, config, tmp_path / str(flag)).fts_step()
         steps.append(model.state_dict())
     diffs = {k: (steps[0][k] - steps[1][k]).abs().max().item() for k in steps[0]}

@@ -132,7 +132,7 @@ def test_several_environments_are_averaged(tmp_path, monkeypatch):
     grads = {0.1: 1.0, 0.2: 3.0}  # env lr -> the gradient its simulation returns
     monkeypatch.setattr(P.Simulator, "suppression_gradient", lambda self, m, env, g=None: SimulationResult(
         {"body.bias": torch.full_like(m.body.bias, grads[env.lr]) * 1e-3}, 0.0, 0.0))
-    protector = P.Protector(model, task, config(envs=[Environment("sgd", 0.1), Environment("sgd", 0.2)]), tmp_path)
+    protector = P.Protector(model, task, config(environments=[Environment("sgd", 0.1), Environment("sgd", 0.2)]), tmp_path)
     protector.fts_step()
     torch.testing.assert_close(model.body.bias.grad, torch.full_like(model.body.bias, 2.0e-3))  # mean, under the clip
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sophon.cli import classification_main, finetune_test_main
+from sophon.cli import classification_main, finetune_test_main, parse_setting_args
 from tests.text_fixtures import save_small_gpt2
 
 SMALL = ["--arch", "tiny-gpt2", "--dataset", "RT", "--original", "NEWS", "--train_size", "48", "--test_size", "48",
@@ -49,10 +49,31 @@ def test_finetune_test_from_the_sophon_checkpoint(run):
 
 def test_resume_of_a_finished_run_adds_iterations(run):
     root, model, run_dir = run
-    classification_main("test", ("ice",), SMALL + ["--pretrained", str(model), "--root", str(root),
-                                                   "--resume", str(run_dir), "--total_loop", "3"])
+    # Only --resume and the one flag a resumed run may change: everything else comes from args.json.
+    classification_main("test", ("ice",), ["--resume", str(run_dir), "--total_loop", "3"])
     iterations = [json.loads(l)["iteration"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert iterations == [0, 1, 2, 3]
+    saved = json.loads((run_dir / "args.json").read_text())
+    assert saved["total_loop"] == 3 and saved["pretrained"] == str(model) and saved["train_size"] == 48
+
+
+def _resume(run_dir, *flags):
+    return parse_setting_args("test", ["--resume", str(run_dir), *flags], losses=("ice",), resumable=True)[0]
+
+
+def test_resume_takes_the_saved_flags_and_refuses_a_changed_one(run, capsys):
+    root, model, run_dir = run
+    args = _resume(run_dir)
+    assert (args.pretrained, args.train_size, args.max_len, args.lr, args.attacks) == (str(model), 48, 32, 1e-3,
+                                                                                       "sgd,adam:1e-3")
+    assert args.command == " ".join(SMALL + ["--pretrained", str(model), "--root", str(root)])  # the run's own
+    assert _resume(run_dir, "--lr", "0.001", "--device", "cuda:3", "--total_loop", "9").device == "cuda:3"
+    line = _error_line(capsys, lambda: _resume(run_dir, "--lr", "0.01"))
+    assert line == (f"error: --lr 0.01 conflicts with the run's saved 0.001 ({run_dir / 'args.json'}); "
+                    "drop the flag or start a new run")
+    line = _error_line(capsys, lambda: _resume(run_dir, "--arch", "cnn"))
+    assert "--arch cnn conflicts with the run's saved tiny-gpt2" in line
+    assert "no args.json there" in _error_line(capsys, lambda: _resume(root))
 
 
 def test_unknown_arch_lists_the_choices(capsys):
@@ -80,7 +101,7 @@ def test_sophon_start_without_path_is_refused(run, capsys):
 @pytest.mark.parametrize("flags, words", [
     (["--bs", "0"], "--bs must be greater than 0, got 0"),
     (["--seeds", "0"], "--seeds must be greater than 0"),
-    (["--guard", "1.5"], "--guard is a fraction"),
+    (["--guard", "1.5"], "--guard must be at least 0 and below 1, got 1.5"),
     (["--attacks", "adma:1e-3"], "unknown optimizer 'adma'"),
     (["--attacks", "adam:1e-3:epoch=3"], "unknown part 'epoch=3'"),
     (["--dataset", "IMDBX"], "unknown --dataset 'IMDBX'"),

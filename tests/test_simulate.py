@@ -106,7 +106,7 @@ def test_protect_draws_a_new_attacker_every_fts_step(monkeypatch):
     monkeypatch.setattr(P.Simulator, "suppression_gradient",
                         lambda self, model, env, g=None: seen.append(env) or real(self, model, env, g))
     config = P.ProtectConfig(total_loop=4, test_iterval=10, adaptation_steps=2, bs=8, distribution=_distribution(),
-                             n_envs=2, finetune_epochs=0, guard=0)
+                             envs=2, finetune_epochs=0, guard=0)
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
@@ -156,8 +156,8 @@ def test_anchor_keeps_the_fixed_attacker_beside_the_sampled_ones(monkeypatch):
     monkeypatch.setattr(P.Simulator, "suppression_gradient",
                         lambda self, model, env, g=None: seen.append(env) or real(self, model, env, g))
     fixed = Environment("sgd", 0.1, 8)
-    config = P.ProtectConfig(total_loop=2, test_iterval=10, adaptation_steps=1, bs=8, envs=[fixed],
-                             distribution=_distribution(), n_envs=1, anchor=True, finetune_epochs=0, guard=0)
+    config = P.ProtectConfig(total_loop=2, test_iterval=10, adaptation_steps=1, bs=8, environments=[fixed],
+                             distribution=_distribution(), envs=1, anchor=True, finetune_epochs=0, guard=0)
     with tempfile.TemporaryDirectory() as d:
         P.protect(Headed(), ToyTask(), config, d)
     assert seen[0] == fixed and seen[2] == fixed and seen[1] != fixed and seen[3] != fixed

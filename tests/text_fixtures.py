@@ -1,11 +1,12 @@
 """A very small GPT-2 saved with save_pretrained, so tests exercise the real loading path."""
 
+import argparse
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from sophon.models import tiny_gpt2
+from sophon.settings import arch_args
 
 SENTENCES = ["the film is great fun", "a dull and tired movie", "markets rose on monday",
              "the senate passed the bill", "what a lovely day", "this phone broke again"] * 5
@@ -18,8 +19,7 @@ def save_small_gpt2(folder: Path, seed: int = 0) -> Path:
     return tiny_gpt2.save(folder, model, tokenizer)
 
 
-def text_args(folder: Path, **overrides) -> SimpleNamespace:
-    args = dict(arch="tiny-gpt2", pretrained=str(folder), dataset="RT", original="NEWS", data_root=None,
-                max_len=32, train_size=64, original_size=200, test_size=64, device="cpu", seed=0)
-    args.update(overrides)
-    return SimpleNamespace(**args)
+def text_args(folder: Path, **overrides) -> argparse.Namespace:
+    args = dict(pretrained=str(folder), dataset="RT", original="NEWS", max_len=32, pool="last", train_size=64,
+                original_size=200, test_size=64, device="cpu")
+    return arch_args("tiny-gpt2", **{**args, **overrides})

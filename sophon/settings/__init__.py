@@ -1,14 +1,18 @@
-"""Settings: each module here turns command-line arguments into a `Task` and models.
+"""Settings: each module here turns resolved arguments into a `Task` and models.
 
 A setting module exposes
     ARCHS     the --arch names it serves
-    PRESETS   {arch: {flag: default}} for flags left unset on the command line
-    add_arguments(parser)                 its own extra flags (may add nothing)
+    CONFIG    a dataclass of its own fields (sophon.config.option), beside the shared ones
+    PRETRAIN_CONFIG  (optional) the fields only its pre-training script takes
+    PRESETS   {arch: {field: value}}, overrides of the configs' defaults for that arch
     build_task(args, suppression) -> Task
     build_model(args, start) -> nn.Module  start "normal" (pre-trained) or "scratch" (same arch, random)
 """
 
+import argparse
 import importlib
+
+from sophon.config import SHARED, build, defaults_of, field_names, overrides
 
 SETTING_ARCHS = {
     "text": ("tiny-gpt2", "gpt2", "smollm2"),
@@ -34,3 +38,27 @@ def setting_for(arch: str, kind: str | tuple | None = None):
         if name in _kinds(kind) and arch in archs:
             return importlib.import_module(f"sophon.settings.{name}")
     raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(all_archs(kind))}")
+
+
+def configs_of(setting, pretrain: bool = False) -> tuple[type, ...]:
+    """The config classes a script of `setting` takes; `pretrain` adds its pre-training fields."""
+    own = (setting.CONFIG,) + ((setting.PRETRAIN_CONFIG,) if pretrain and hasattr(setting, "PRETRAIN_CONFIG") else ())
+    return SHARED + own
+
+
+def arch_defaults(setting, arch: str, classes) -> dict:
+    """Every field of `classes` as `--arch` takes it when no flag is given: its default, then the preset."""
+    preset = overrides(setting.PRESETS.get(arch, {}), configs_of(setting, pretrain=True), f"PRESETS[{arch!r}]")
+    names = field_names(classes)
+    return {**defaults_of(classes), **{k: v for k, v in preset.items() if k in names}, "arch": arch}
+
+
+def arch_args(arch: str, **given) -> argparse.Namespace:
+    """The arguments a script resolves for `--arch` with `given` flags, pre-training ones included:
+    for code that calls a setting without a command line (tests, notebooks, benchmarks)."""
+    setting = setting_for(arch)
+    classes = configs_of(setting, pretrain=True)
+    values = {**arch_defaults(setting, arch, classes), **overrides(given, classes, "arch_args")}
+    for cls in classes:
+        build(cls, values)
+    return argparse.Namespace(**values)

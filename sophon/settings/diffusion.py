@@ -10,12 +10,14 @@ import copy
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sophon.config import option
 from sophon.device import device_of
 from sophon.data.diffusion_images import DIFFUSION_DATASETS, channels_for, diffusion_dataset
 from sophon.losses import denial_of_service, mse_ascent
@@ -28,33 +30,34 @@ ARCHS = tuple(UNET_CONFIGS)
 SUPPRESSION_LOSSES = ("dos", "mse")
 PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "generation" / "pretrained"
 
+
+@dataclass
+class DiffusionConfig:
+    """diffusion"""
+    image_size: int = option(32, "resolution of the UNet and of every set", above=0)
+    download: bool = option(False, "let torchvision download CIFAR100 (needs internet)")
+    eval_size: int = option(512, "test images per evaluation (first N)", above=0)
+    eval_repeats: int = option(4, "fixed (noise, timestep) draws per test image", above=0)
+    sample_steps: int = option(25, "DDIM steps for sample grids", above=0)
+    n_samples: int = option(64, "images per sample grid (0: no grids)", at_least=0)
+    mse_clamp: float | None = option(None, "MSE ascent: stop ascending once the query MSE exceeds this (default: "
+                                           "unbounded)", above=0)
+    # Pre-training shares the scripts' flags: reproduce.py pre-trains with the generation parser.
+    pretrain_steps: int = option(500, "train_diffusion_model.py: Adam steps", above=0)
+    pretrain_lr: float = option(2e-3, "train_diffusion_model.py: peak lr (cosine decay)", above=0)
+
+
+CONFIG = DiffusionConfig
 # CPU defaults for unet-tiny (FASHION -> LFW, 2 cores, ~20 min for pre-training, SOPHON and the test);
 # unet-paper follows the paper's CIFAR-100 -> CelebA run and wants a GPU.
 PRESETS = {
-    "unet-tiny": dict(dataset="LFW", original="FASHION", alpha=1.0, beta=10.0, lr=1e-4, fast_lr=1e-2, bs=32,
-                      total_loop=100, adaptation_steps=3, test_iterval=25, finetune_epochs=1,
-                      truly_finetune_epochs=20, finetune_lr=1e-2, finetune_bs=16, attacks="sgd", guard=0.9,
-                      guard_action="decay", pretrain_steps=500, pretrain_lr=2e-3, eval_size=512, eval_repeats=4,
-                      sample_steps=25),
-    "unet-paper": dict(dataset="CELEBA", original="CIFAR100", alpha=3.0, beta=5.0, lr=1e-4, fast_lr=1e-4, bs=64,
-                       total_loop=1000, adaptation_steps=10, test_iterval=100, finetune_epochs=1,
-                       truly_finetune_epochs=20, finetune_lr=1e-4, finetune_bs=64, attacks="adam", guard=0.9,
+    "unet-tiny": dict(dataset="LFW", original="FASHION", alpha=1.0, beta=10.0, fast_lr=1e-2, total_loop=100,
+                      adaptation_steps=3, test_iterval=25, truly_finetune_epochs=20, finetune_lr=1e-2,
+                      finetune_bs=16, guard_action="decay"),
+    "unet-paper": dict(dataset="CELEBA", original="CIFAR100", bs=64, total_loop=1000, adaptation_steps=10,
+                       test_iterval=100, truly_finetune_epochs=20, finetune_bs=64, attacks="adam",
                        pretrain_steps=200_000, pretrain_lr=2e-4, eval_size=2000, eval_repeats=1, sample_steps=50),
 }
-
-
-def add_arguments(parser) -> None:
-    g = parser.add_argument_group("diffusion")
-    g.add_argument("--mse_clamp", type=float, default=None,
-                   help="MSE ascent: stop ascending once the query MSE exceeds this (default: unbounded)")
-    g.add_argument("--image_size", type=int, default=32)
-    g.add_argument("--download", action="store_true", help="let torchvision download CIFAR100 (needs internet)")
-    g.add_argument("--eval_size", type=int, default=None, help="test images per evaluation (first N)")
-    g.add_argument("--eval_repeats", type=int, default=None, help="fixed (noise, timestep) draws per test image")
-    g.add_argument("--sample_steps", type=int, default=None, help="DDIM steps for sample grids")
-    g.add_argument("--n_samples", type=int, default=64, help="images per sample grid (0: no grids)")
-    g.add_argument("--pretrain_steps", type=int, default=None, help="train_diffusion_model.py: Adam steps")
-    g.add_argument("--pretrain_lr", type=float, default=None, help="train_diffusion_model.py: peak lr (cosine decay)")
 
 
 def denoising_inputs(model: nn.Module, scheduler, x0: torch.Tensor, generator: torch.Generator | None = None):
@@ -143,11 +146,11 @@ def channels_of(args) -> int:
 def build_task(args, suppression: str) -> DiffusionTask:
     channels = channels_of(args)
     load = lambda name, split: diffusion_dataset(name, split, args.image_size, channels, args.data_root,
-                                                 getattr(args, "download", False))
+                                                 args.download)
     key = json.dumps([args.original, args.dataset, channels, args.image_size, args.eval_size, args.eval_repeats])
     return DiffusionTask(load(args.original, "train"), load(args.original, "test"),
                          load(args.dataset, "train"), load(args.dataset, "test"), suppression,
-                         getattr(args, "mse_clamp", None), args.eval_size, args.eval_repeats,
+                         args.mse_clamp, args.eval_size, args.eval_repeats,
                          device=device_of(args), cache_key=f"diffusion {key}")
 
 

@@ -9,6 +9,7 @@ learner's logits.
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sophon import checkpoint
+from sophon.config import option
 from sophon.device import device_of
 from sophon.data.images import IMAGE_DATASETS, NUM_CLASSES, load_image_dataset
 from sophon.losses import CLASSIFICATION_LOSSES
@@ -28,78 +30,64 @@ NAME = "image"  # the setting's name in suites and tables
 ARCHS = IMAGE_ARCHS
 PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "classification" / "pretrained"
 
+
+@dataclass
+class ImageConfig:
+    """image setting"""
+    download: bool = option(False, "let torchvision fetch CIFAR10/SVHN/STL/MNIST")
+    img_size: int = option(32, "input resolution every set is resized to", above=0)
+    train_size: int | None = option(None, "restricted training examples the attacker has (a fixed random subset; "
+                                          "all if unset)", above=0)
+    original_size: int | None = option(None, "original-domain training subset (all if unset)", above=0)
+    test_size: int | None = option(None, "test subset of both domains (all if unset)", above=0)
+    cnn_width: int = option(16, "channels of the first conv of --arch cnn", above=0)
+
+
+@dataclass
+class ImagePretrainConfig:
+    """image pre-training"""
+    pretrain_epochs: int = option(3, "epochs on the original domain", above=0)
+    pretrain_lr: float = option(1e-3, "Adam learning rate", above=0)
+    pretrain_bs: int = option(128, "batch size", above=0)
+    force: bool = option(False, "train again even if the cached model exists")
+
+
+CONFIG, PRETRAIN_CONFIG = ImageConfig, ImagePretrainConfig
 # The embedded pair: FASHION -> DIGITS on 2 CPU cores. Attacks: the default plain SGD at
 # --finetune_lr, then Adam and SGD with momentum at their usual learning rates.
 _EMBEDDED = dict(
-    dataset="DIGITS", original="FASHION", train_size=300, original_size=20000, test_size=None,
-    alpha=10.0, beta=5.0, lr=1e-4, fast_lr=0.1, bs=64, total_loop=400, adaptation_steps=10, test_iterval=100,
-    finetune_epochs=1, truly_finetune_epochs=10, finetune_lr=1e-2, finetune_bs=32,
-    attacks="sgd,adam:1e-3,sgd-momentum:1e-2", pretrain_epochs=4, pretrain_lr=3e-3, pretrain_bs=128,
+    dataset="DIGITS", original="FASHION", train_size=300, original_size=20000, alpha=10.0, lr=1e-4, fast_lr=0.1,
+    bs=64, total_loop=400, adaptation_steps=10, test_iterval=100, truly_finetune_epochs=10, finetune_lr=1e-2,
+    attacks="sgd,adam:1e-3,sgd-momentum:1e-2", pretrain_epochs=4, pretrain_lr=3e-3,
 )
 # The paper's pair: ImageNette -> CIFAR-10 (any --dataset of IMAGE_DATASETS), 20 fine-tuning epochs.
 _PAPER = dict(
-    dataset="CIFAR10", original="IMAGENETTE", img_size=32, alpha=3.0, beta=5.0, lr=1e-4, fast_lr=1e-4, bs=128,
-    total_loop=200, adaptation_steps=50, test_iterval=20, truly_finetune_epochs=20, finetune_lr=1e-4,
-    finetune_bs=128, attacks="sgd,adam:1e-4,sgd-momentum:1e-3", pretrain_epochs=30, pretrain_lr=1e-3,
-    pretrain_bs=128, suite_lr_scale=0.1,  # suites around Adam 1e-4, as the paper's attacks
+    dataset="CIFAR10", original="IMAGENETTE", bs=128, total_loop=200, adaptation_steps=50, truly_finetune_epochs=20,
+    finetune_bs=128, attacks="sgd,adam:1e-4,sgd-momentum:1e-3", pretrain_epochs=30,
+    suite_lr_scale=0.1,  # suites around Adam 1e-4, as the paper's attacks
 )
 PRESETS = {
     "cnn": dict(_EMBEDDED, img_size=28),
     # About 40x the cnn's compute per image: fewer original examples, shorter loop and attacks.
-    "res18": dict(_EMBEDDED, img_size=32, original_size=5000, test_size=1000, bs=32, total_loop=60,
-                  adaptation_steps=3, test_iterval=30, truly_finetune_epochs=5, pretrain_epochs=3),
+    "res18": dict(_EMBEDDED, original_size=5000, test_size=1000, bs=32, total_loop=60, adaptation_steps=3,
+                  test_iterval=30, truly_finetune_epochs=5, pretrain_epochs=3),
     "res34": dict(_PAPER),
     "res50": dict(_PAPER),
     "vgg": dict(_PAPER, pretrain_lr=1e-4),
     "caformer": dict(_PAPER, img_size=224, bs=32, finetune_bs=32, pretrain_lr=1e-4),
 }
-# Flags of this setting that the shared parser does not define (None: from PRESETS).
-OWN_DEFAULTS = dict(img_size=32, train_size=None, original_size=None, test_size=None, download=False,
-                    cnn_width=16, pretrain_epochs=3, pretrain_lr=1e-3, pretrain_bs=128, force=False,
-                    data_root=None, pretrained=None, seed=0, device="auto")
 
 
-def add_arguments(parser) -> None:
-    g = parser.add_argument_group("image setting")
-    g.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR10/SVHN/STL/MNIST")
-    g.add_argument("--img_size", type=int, default=None, help="input resolution every set is resized to")
-    g.add_argument("--train_size", type=int, default=None,
-                   help="restricted training examples the attacker has (a fixed random subset; all if unset)")
-    g.add_argument("--original_size", type=int, default=None, help="original-domain training subset")
-    g.add_argument("--test_size", type=int, default=None, help="test subset of both domains (all if unset)")
-    g.add_argument("--cnn_width", type=int, default=None, help="channels of the first conv of --arch cnn")
-
-
-def add_pretrain_arguments(parser) -> None:
-    """Flags of classification/pretrain.py for images (skips any the script already defines)."""
-    present = set(parser._option_string_actions)
-    if "--img_size" not in present:
-        add_arguments(parser)
-    g = parser.add_argument_group("image pre-training")
-    for flag, kind, text in [("pretrain_epochs", int, "epochs on the original domain"),
-                             ("pretrain_lr", float, "Adam learning rate"), ("pretrain_bs", int, "batch size")]:
-        if f"--{flag}" not in present:
-            g.add_argument(f"--{flag}", type=kind, default=None, help=text)
-    if "--force" not in present:
-        g.add_argument("--force", action="store_true", help="train again even if the cached model exists")
-
-
-def fill_defaults(args):
-    """Fill this setting's flags left unset (None or absent) from the arch preset, then OWN_DEFAULTS."""
-    preset = PRESETS.get(args.arch, {})
-    for key in {**OWN_DEFAULTS, **preset}:
-        if getattr(args, key, None) is None:
-            setattr(args, key, preset.get(key, OWN_DEFAULTS.get(key)))
+def check_names(args) -> None:
     for key, known in (("dataset", IMAGE_DATASETS), ("original", IMAGE_DATASETS)):
         if getattr(args, key) not in known:
             raise ValueError(f"unknown image --{key} {getattr(args, key)!r}; choose one of {', '.join(known)}")
-    return args
 
 
 def _load(args, name: str, split: str, size: int | None) -> torch.utils.data.Dataset:
     mean, std = input_normalisation(args.arch)
     return load_image_dataset(name, split, args.img_size, mean, std, data_root=args.data_root,
-                              download=args.download, size=size, seed=args.seed or 0)
+                              download=args.download, size=size, seed=args.seed)
 
 
 @torch.no_grad()
@@ -157,9 +145,9 @@ class ImageTask:
 
 
 def build_task(args, suppression: str) -> ImageTask:
-    fill_defaults(args)
+    check_names(args)
     key = (f"image|{args.dataset}:{args.train_size}|{args.original}:{args.original_size}|test:{args.test_size}"
-           f"|size:{args.img_size}|{args.arch}|seed:{args.seed or 0}")
+           f"|size:{args.img_size}|{args.arch}|seed:{args.seed}")
     return ImageTask(
         restricted_train=_load(args, args.dataset, "train", args.train_size),
         restricted_test=_load(args, args.dataset, "test", args.test_size),
@@ -179,11 +167,11 @@ def _pretrain_command(args) -> str:
 
 def build_model(args, start: str) -> nn.Module:
     """start "normal": the pre-trained original-domain classifier; "scratch": the same arch, random."""
-    fill_defaults(args)
+    check_names(args)
     classes = NUM_CLASSES[args.original]
     if start == "scratch":
         with torch.random.fork_rng(devices=[]):  # same random init every time, global RNG untouched
-            torch.manual_seed(args.seed or 0)
+            torch.manual_seed(args.seed)
             return build_classifier(args.arch, classes, args.cnn_width).to(device_of(args))
     if start != "normal":
         raise ValueError(f"unknown start {start!r}; choose normal or scratch")
@@ -207,13 +195,13 @@ def build_model(args, start: str) -> nn.Module:
 
 def pretrain(args) -> Path:
     """Train the original-domain model (cached at classification/pretrained/<arch>_<original>.safetensors)."""
-    fill_defaults(args)
+    check_names(args)
     path = pretrained_path(args.arch, args.original)
     if path.exists() and not args.force:
         print(f"{path} exists; reusing it (add --force to train again)")
         return path
     device = device_of(args)
-    seed = args.seed or 0
+    seed = args.seed
     torch.manual_seed(seed)
     train = _load(args, args.original, "train", args.original_size)
     test = _load(args, args.original, "test", args.test_size)

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from sophon.config import option
 from sophon.data import DataUnavailableError, cache_dir
 from sophon.device import device_of
 from sophon.data.text import ORIGINAL_TEXT, RESTRICTED_TEXT, load_text
@@ -28,44 +30,46 @@ ARCHS = ("tiny-gpt2", "gpt2", "smollm2")
 REPO = Path(__file__).resolve().parents[2]
 PRETRAINED_DIR = REPO / "classification" / "pretrained"
 
+
+@dataclass
+class TextConfig:
+    """text setting"""
+    max_len: int = option(256, "tokens per example (longer text is cut)", above=0)
+    train_size: int | None = option(None, "restricted training examples (few-shot subset; all if unset)", above=0)
+    original_size: int | None = option(None, "original-domain examples to load (Pile stream; all if unset)",
+                                       above=0)
+    test_size: int = option(2000, "restricted/original test examples", above=0)
+    pool: str = option("last", "classifier input: last real token (HF GPT2ForSequenceClassification) or mean of "
+                               "tokens", choices=CausalLMClassifier.POOLS)
+
+
+@dataclass
+class TextPretrainConfig:
+    """tiny-gpt2 pre-training"""
+    steps: int = option(1500, "AdamW steps", above=0)
+    pretrain_lr: float = option(3e-3, "peak lr (one-cycle)", above=0)
+    unlabelled: str = option("RT", "restricted set whose training texts, labels dropped, join the pre-training corpus "
+                                   "(as web text holds reviews); 'none' pre-trains on the original set alone")
+    force: bool = option(False, "pre-train again even if cached")
+    # The model's shape.
+    vocab_size: int = option(4096, "BPE vocabulary size", above=0)
+    n_layer: int = option(4, "transformer blocks", above=0)
+    n_embd: int = option(128, "width", above=0)
+    n_head: int = option(4, "attention heads", above=0)
+
+
+CONFIG, PRETRAIN_CONFIG = TextConfig, TextPretrainConfig
+# The fork's pair (GPT-2, IMDB against the Pile); smollm2 is run the same way.
+_PILE = dict(dataset="IMDB", original="PILE", original_size=20000, lr=1e-5, bs=8, total_loop=200, adaptation_steps=10,
+             test_iterval=50, truly_finetune_epochs=1, finetune_bs=8, attacks="sgd,adam:2e-5,sgd-momentum:1e-4",
+             suite_lr_scale=0.1)
 PRESETS = {
-    "tiny-gpt2": dict(dataset="RT", original="NEWS", max_len=48, pool="mean", train_size=1000, original_size=None,
-                      alpha=1.0, beta=1.0, lr=1e-3, fast_lr=5e-2, bs=32, total_loop=200, adaptation_steps=5,
-                      test_iterval=50, finetune_epochs=1, truly_finetune_epochs=4, finetune_lr=5e-2,
-                      finetune_bs=32, attacks="sgd-momentum:5e-2,adam:3e-4", guard=0.9),
-    "gpt2": dict(dataset="IMDB", original="PILE", max_len=256, pool="last", train_size=None, original_size=20000,
-                 alpha=3.0, beta=5.0, lr=1e-5, fast_lr=1e-4, bs=8, total_loop=200, adaptation_steps=10,
-                 test_iterval=50, finetune_epochs=1, truly_finetune_epochs=1, finetune_lr=1e-4,
-                 finetune_bs=8, attacks="sgd,adam:2e-5,sgd-momentum:1e-4", guard=0.9, suite_lr_scale=0.1),
-    "smollm2": dict(dataset="IMDB", original="PILE", max_len=256, pool="last", train_size=None, original_size=20000,
-                    alpha=3.0, beta=5.0, lr=1e-5, fast_lr=1e-4, bs=8, total_loop=200, adaptation_steps=10,
-                    test_iterval=50, finetune_epochs=1, truly_finetune_epochs=1, finetune_lr=1e-4,
-                    finetune_bs=8, attacks="sgd,adam:2e-5,sgd-momentum:1e-4", guard=0.9, suite_lr_scale=0.1),
+    "tiny-gpt2": dict(dataset="RT", original="NEWS", max_len=48, pool="mean", train_size=1000, alpha=1.0, beta=1.0,
+                      lr=1e-3, fast_lr=5e-2, total_loop=200, test_iterval=50, truly_finetune_epochs=4,
+                      finetune_lr=5e-2, attacks="sgd-momentum:5e-2,adam:3e-4"),
+    "gpt2": dict(_PILE),
+    "smollm2": dict(_PILE),
 }
-
-
-def add_arguments(parser) -> None:
-    g = parser.add_argument_group("text setting")
-    g.add_argument("--max_len", type=int, default=None, help="tokens per example (longer text is cut)")
-    g.add_argument("--train_size", type=int, default=None, help="restricted training examples (few-shot subset)")
-    g.add_argument("--original_size", type=int, default=None, help="original-domain examples to load (Pile stream)")
-    g.add_argument("--test_size", type=int, default=2000, help="restricted/original test examples")
-    g.add_argument("--pool", default=None, choices=CausalLMClassifier.POOLS,
-                   help="classifier input: last real token (HF GPT2ForSequenceClassification) or mean of tokens")
-
-
-def add_pretrain_arguments(parser) -> None:
-    g = parser.add_argument_group("tiny-gpt2 pre-training")
-    g.add_argument("--vocab_size", type=int, default=4096)
-    g.add_argument("--n_layer", type=int, default=4)
-    g.add_argument("--n_embd", type=int, default=128)
-    g.add_argument("--n_head", type=int, default=4)
-    g.add_argument("--steps", type=int, default=1500)
-    g.add_argument("--pretrain_lr", type=float, default=3e-3)
-    g.add_argument("--unlabelled", default="RT",
-                   help="restricted set whose training texts, labels dropped, join the pre-training corpus "
-                        "(as web text holds reviews); 'none' pre-trains on the original set alone")
-    g.add_argument("--force", action="store_true", help="pre-train again even if cached")
 
 
 # ---- models ----------------------------------------------------------------------------------
@@ -114,10 +118,6 @@ def load_pretrained(source: str, arch: str):
     return lm, tokenizer
 
 
-def _pool(args) -> str:
-    return getattr(args, "pool", None) or "last"  # hand-made namespaces (tests, notebook) may lack it
-
-
 def build_model(args, start: str) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
@@ -127,11 +127,11 @@ def build_model(args, start: str) -> nn.Module:
         lm = AutoModelForCausalLM.from_config(lm.config)
     elif start != "normal":
         raise ValueError(f"unknown start {start!r}; use normal or scratch")
-    model = CausalLMClassifier(copy.deepcopy(lm), num_classes=2, pool=_pool(args))
-    if getattr(args, "grad_checkpointing", False):
+    model = CausalLMClassifier(copy.deepcopy(lm), num_classes=2, pool=args.pool)
+    if args.grad_checkpointing:
         # Recompute each block's activations in the backward pass: memory for time, on long inputs.
         # (Only in train mode; the non-reentrant form also serves torch.autograd.grad in the simulation.)
-        enable = getattr(model.body, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+        enable = getattr(model.body, "activation_checkpointing_enable", None)  # newer transformers' name
         if enable:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
@@ -250,7 +250,7 @@ def build_task(args, suppression: str) -> TextTask:
 
     r_train = tensors(args.dataset, "train", args.train_size, True)
     r_test = tensors(args.dataset, "test", args.test_size, True)
-    key = f"{args.dataset}:{len(r_train)}/{len(r_test)}|{args.original}|len{args.max_len}|pool{_pool(args)}"
+    key = f"{args.dataset}:{len(r_train)}/{len(r_test)}|{args.original}|len{args.max_len}|pool{args.pool}"
     return TextTask(r_train, r_test, tensors(args.original, "train", args.original_size, False),
                     tensors(args.original, "test", args.test_size, False), suppression,
                     device_of(args), cache_key=key)
