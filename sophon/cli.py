@@ -125,6 +125,8 @@ def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = 
     given = given_flags(parser, argv)
     values = {**{a.dest: a.default for a in parser._actions if a.dest != "help"}, **given}
     _check(parser, values, given, saved, classes, run_dir)
+    if values.get("grad_checkpointing") and setting.NAME != "text":
+        fail(f"--grad_checkpointing applies to the causal LMs of the text setting, not to --arch {arch}; drop it")
     args = argparse.Namespace(**values)
     # --suite replaces the preset's --attacks, not attacks the user asked for (sophon.suites).
     args.attacks_given = "attacks" in given or bool(saved.get("attacks_given"))

@@ -106,6 +106,7 @@ def test_sophon_start_without_path_is_refused(run, capsys):
     (["--attacks", "adam:1e-3:epoch=3"], "unknown part 'epoch=3'"),
     (["--dataset", "IMDBX"], "unknown --dataset 'IMDBX'"),
     (["--pretrained", "/nonexistent/model"], "/nonexistent/model"),
+    (["--arch", "cnn", "--grad_checkpointing"], "--grad_checkpointing applies to the causal LMs"),
 ])
 def test_user_errors_are_one_line_before_any_work(capsys, tmp_path, flags, words):
     line = _error_line(capsys, lambda: classification_main("test", ("ice",), SMALL + ["--root", str(tmp_path)] + flags))
