@@ -106,7 +106,6 @@ def test_sophon_start_without_path_is_refused(run, capsys):
     (["--attacks", "adam:1e-3:epoch=3"], "unknown part 'epoch=3'"),
     (["--dataset", "IMDBX"], "unknown --dataset 'IMDBX'"),
     (["--pretrained", "/nonexistent/model"], "/nonexistent/model"),
-    (["--arch", "cnn", "--grad_checkpointing"], "--grad_checkpointing applies to the causal LMs"),
 ])
 def test_user_errors_are_one_line_before_any_work(capsys, tmp_path, flags, words):
     line = _error_line(capsys, lambda: classification_main("test", ("ice",), SMALL + ["--root", str(tmp_path)] + flags))
@@ -163,3 +162,9 @@ def test_help_lists_the_settings_own_flags(capsys):
     assert "FTS step size = alpha * lr (default for --arch cnn: 10.0)" in flat  # the preset's value
     assert "--arch cnn res18 res34 res50 vgg caformer" in flat and "--dataset RT IMDB" in flat
     assert "unet-tiny unet-paper" in flat and "CELEBA" in flat
+
+
+def test_grad_checkpointing_outside_the_text_setting_is_refused(capsys, tmp_path):
+    line = _error_line(capsys, lambda: classification_main(
+        "test", ("ice",), ["--arch", "cnn", "--grad_checkpointing", "--root", str(tmp_path)]))
+    assert "--grad_checkpointing applies to the causal LMs" in line
