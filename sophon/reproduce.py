@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from sophon import report
+from sophon import distributed, report
 from sophon.attack import Attack
 from sophon.cli import parse_setting_args, pretrain_main, user_errors
 from sophon.config import SUITE_NAMES, AttackConfig, RunConfig
@@ -37,7 +37,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=RunConfig.root)
     p.add_argument("--device", default=RunConfig.device)
     p.add_argument("--data_root", default=None, help="real datasets (paper presets need --arch flags too)")
+    p.add_argument("--protect_seeds", type=int, default=1,
+                   help="SOPHON runs per loss, seeds 0..N-1 (the attack seeds stay the same); the summary gives "
+                        "the held count of each and their mean and spread")
     return p
+
+
+def protected_name(loss: str, seed: int) -> str:
+    """The table's start name of a SOPHON model: sophon-ice, then sophon-ice-seed1, sophon-ice-seed2 ..."""
+    return f"sophon-{loss}" + (f"-seed{seed}" if seed else "")
 
 
 def _pretrain(setting: str, arch: str, common: list[str]) -> None:
@@ -91,15 +99,23 @@ def run_setting(setting: str, opts) -> dict:
     default_arch = arch
     models, attacks, task, args, runs = {}, {}, None, None, {}
     for loss in losses:
-        args, module = parse_setting_args(f"reproduce {setting}", argv, kind=kind, default_arch=default_arch)
-        args.device = str(device_of(args))
-        run_dir = Path(opts.root) / "reproduce" / setting / loss
-        runs[loss] = run_dir
-        task, normal, protected = _protected(args, loss, module, run_dir)
-        models.setdefault("normal", normal)
-        models[f"sophon-{loss}"] = protected
-        if opts.tune:
-            attacks[f"tuned-{loss}"] = _tuned(args, task, setting, protected, run_dir, opts.tune)
+        for seed in range(opts.protect_seeds):
+            args, module = parse_setting_args(f"reproduce {setting}", argv + ["--seed", str(seed)], kind=kind,
+                                              default_arch=default_arch)
+            args.device = str(device_of(args))
+            run_dir = Path(opts.root) / "reproduce" / setting / (loss if not seed else f"{loss}-seed{seed}")
+            runs[protected_name(loss, seed)] = run_dir
+            task, normal, protected = _protected(args, loss, module, run_dir)
+            models.setdefault("normal", normal)
+            models[protected_name(loss, seed)] = protected
+            if opts.tune and not seed:  # tuned against the first SOPHON model, then used on every start
+                attacks[f"tuned-{loss}"] = _tuned(args, task, setting, protected, run_dir, opts.tune)
+    # Every model is attacked on the same data with the same attack seeds: those of the base seed (a SOPHON
+    # seed also picks the training subsets its own run saw, where a preset subsamples).
+    args, module = parse_setting_args(f"reproduce {setting}", argv, kind=kind, default_arch=default_arch)
+    args.device = str(device_of(args))
+    if opts.protect_seeds > 1:
+        task = build_task(args, module, losses[-1])
     models["scratch"] = module.build_model(args, "scratch")
     attacks.update(args.attack_list)
     out = Path(opts.root) / "tables"
@@ -107,7 +123,8 @@ def run_setting(setting: str, opts) -> dict:
     result = evaluate(args, task, module, out, models, attacks, title, stem=setting, figure=setting)
     result["minutes"] = (time.perf_counter() - started) / 60
     result["suite"] = opts.suite
-    result["runs"] = {loss: str(d) for loss, d in runs.items()}
+    result["runs"] = {name: str(d) for name, d in runs.items()}
+    result["protect_seeds"] = opts.protect_seeds
     if distributed.is_main():
         (out / f"{setting}.json").write_text(json.dumps(report.jsonable(result), indent=1))
     return result
@@ -129,6 +146,36 @@ def summary_lines(setting: str, result: dict) -> list[str]:
     return lines
 
 
+def across_seeds(result: dict) -> dict[str, dict]:
+    """Per loss with several SOPHON seeds: the held count of each seed (of the attacks that separate),
+    their mean and standard deviation, and the lowest P over all seeds."""
+    groups: dict[str, list] = {}
+    for start, worst in result["worst"].items():
+        groups.setdefault(start.split("-seed")[0], []).append(worst)
+    out = {}
+    for name, worsts in groups.items():
+        if len(worsts) < 2:
+            continue
+        held = [w["held"] for w in worsts]
+        mean = sum(held) / len(held)
+        std = (sum((h - mean) ** 2 for h in held) / (len(held) - 1)) ** 0.5
+        lowest = min((w for w in worsts if w["separating"]), key=lambda w: w["protection"], default=None)
+        out[name] = {"held": held, "mean": mean, "std": std, "separating": worsts[0]["separating"],
+                     "worst": lowest}
+    return out
+
+
+def seed_lines(setting: str, result: dict) -> list[str]:
+    lines = []
+    for name, agg in across_seeds(result).items():
+        worst = agg["worst"]
+        lines.append(f"| {setting} | {name}, {len(agg['held'])} SOPHON seeds | held {', '.join(map(str, agg['held']))} "
+                     f"of {agg['separating']}: {agg['mean']:.1f} ± {agg['std']:.1f} | "
+                     + (f"lowest P `{worst['attack']}` {worst['protection']:.2f}" if worst else "no separating attack")
+                     + " |")
+    return lines
+
+
 def write_summary(out: Path) -> str:
     """summary.md: the latest table of every setting, however many calls made them."""
     lines = ["| setting | SOPHON model | suite | held / separating attacks | worst case | original metric | minutes |",
@@ -136,9 +183,16 @@ def write_summary(out: Path) -> str:
     for setting in SETTINGS:
         if (out / f"{setting}.json").exists():
             lines += summary_lines(setting, json.loads((out / f"{setting}.json").read_text()))
+    seeds = []
+    for setting in SETTINGS:
+        if (out / f"{setting}.json").exists():
+            seeds += seed_lines(setting, json.loads((out / f"{setting}.json").read_text()))
+    if seeds:
+        seeds = ["", "Across SOPHON seeds (`--protect_seeds`), the held count of each seed:", "",
+                 "| setting | SOPHON models | held / separating | lowest P over the seeds |", "|---|---|---|---|"] + seeds
     head = ("Latest `python reproduce.py` table of each setting (`results/tables/<setting>.md`); minutes are "
             "the last call's wall time for that setting.")
-    text = "\n".join(["# SOPHON, every setting", "", head, ""] + lines) + "\n"
+    text = "\n".join(["# SOPHON, every setting", "", head, ""] + lines + seeds) + "\n"
     (out / "summary.md").write_text(text)
     return text
 
@@ -146,8 +200,8 @@ def write_summary(out: Path) -> str:
 @user_errors
 def main(argv=None) -> Path:
     opts = parser().parse_args(argv)
-    if opts.seeds < 1 or opts.tune < 0:
-        parser().error("--seeds must be at least 1 and --tune at least 0")
+    if opts.seeds < 1 or opts.tune < 0 or opts.protect_seeds < 1:
+        parser().error("--seeds and --protect_seeds must be at least 1, --tune at least 0")
     out = Path(opts.root) / "tables"
     out.mkdir(parents=True, exist_ok=True)
     for setting in list(SETTINGS) if opts.setting == "all" else [opts.setting]:

@@ -1,10 +1,8 @@
 """The GPT-2 notebook runs top to bottom on a small model, and its figure is written."""
 
-import os
 from pathlib import Path
 
 import nbformat
-import torch
 from nbclient import NotebookClient
 
 from sophon.protect import ProtectConfig, protect

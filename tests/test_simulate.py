@@ -1,6 +1,5 @@
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sophon.losses import inverse_cross_entropy
 from sophon.simulate import Environment, Simulator, sample_environments
