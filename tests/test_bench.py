@@ -1,0 +1,37 @@
+"""The benchmark measures what it says on any device: FLOPs of a training step, throughput, and MFU
+against the right card's peak."""
+
+import json
+
+import pytest
+import torch
+
+from sophon import bench
+
+
+@pytest.mark.parametrize("size, unit", [("cnn", "images"), ("tiny-gpt2", "tokens"), ("unet-tiny", "images")])
+def test_bench_reports_flops_and_throughput(size, unit, capsys):
+    result = bench.main(["--size", size, "--iters", "1", "--bs", "4", "--seq", "16", "--adaptation_steps", "2",
+                         "--device", "cpu", "--json"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["size"] == size and printed["unit"] == unit
+    assert result["step_TFLOP"] > 0 and result["plain_per_s"] > 0 and result["outer_iteration_s"] > 0
+    assert result["mfu_vs_bf16_peak"] is None  # no peak to compare with on a CPU
+
+
+def test_flops_counted_for_a_linear_model_match_the_formula():
+    """FlopCounterMode is what MFU rests on: forward 2·b·i·o, backward twice that (input and weight grads)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer, x = torch.nn.Linear(64, 32, bias=False), torch.randn(8, 64, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        layer(x).sum().backward()
+    assert counter.get_total_flops() == 3 * 2 * 8 * 64 * 32
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989.4e12), ("NVIDIA H100 PCIe", 756e12),
+                                        ("NVIDIA H200", 989.4e12), ("NVIDIA A100-SXM4-80GB", 312e12),
+                                        ("Some Other GPU", None)])
+def test_bf16_peak_by_card_name(monkeypatch, name, peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert bench.bf16_peak(torch.device("cuda")) == peak
