@@ -86,3 +86,13 @@ def test_a_two_process_run_resumes_in_one_process(runs, tmp_path):
     run(2, tmp_path / "part", 2)
     run(1, tmp_path / "part", 4, "--resume")
     assert same(weights(tmp_path / "part"), weights(runs / "one"))
+
+
+def test_attack_cells_shared_by_two_processes_give_the_same_curves(tmp_path):
+    """Each process runs every other cell (attack x seed x start); the gathered table is the same."""
+    run(1, tmp_path / "one", 0, "--attacks")
+    run(2, tmp_path / "two", 0, "--attacks")
+    one, two = (json.loads((tmp_path / d / "curves.json").read_text()) for d in ("one", "two"))
+    assert one == two
+    assert len(one["normal"]) == 3 and all(len(per_seed) == 2 for per_seed in one["normal"].values())
+    assert one["normal"] != one["scratch"]
