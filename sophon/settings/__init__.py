@@ -11,7 +11,7 @@ A setting module exposes
 import importlib
 
 SETTING_ARCHS = {
-    "text": ("tiny-gpt2", "gpt2", "smollm2"),
+    "text": ("tiny-gpt2", "gpt2", "smollm2", "smollm2-cut"),
     "image": ("cnn", "res18", "res34", "res50", "vgg", "caformer"),
     "diffusion": ("unet-tiny", "unet-paper"),
 }
