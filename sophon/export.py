@@ -130,7 +130,7 @@ def export_text(run: Run, out: Path, pretrained: str | None) -> dict:
     source = text.default_pretrained(SimpleNamespace(pretrained=pretrained or run.args.get("pretrained"),
                                                 arch=run.arch, original=run.get("original")))
     try:
-        lm, tokenizer = text.load_pretrained(source, run.arch)
+        lm, tokenizer = text.load_pretrained(source, run.arch, run.args.get("blocks"))
     except DataUnavailableError as err:
         raise ExportError(f"{err}; the export needs the run's pre-trained model for its config and tokenizer: "
                           "pass it with --pretrained") from None

@@ -7,10 +7,11 @@ sidecar (`reference`: the original metrics before SOPHON) and results.json (rows
 import math
 
 # Hub ids, only where the run's name certainly means that hub model or dataset.
-HUB_MODELS = {"gpt2": "openai-community/gpt2", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+HUB_MODELS = {"gpt2": "openai-community/gpt2", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+              "smollm2-cut": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 HUB_DATASETS = {"IMDB": "stanfordnlp/imdb", "PILE": "monology/pile-uncopyrighted", "CIFAR10": "uoft-cs/cifar10",
                 "CIFAR100": "uoft-cs/cifar100", "MNIST": "ylecun/mnist", "FASHION": "zalando-datasets/fashion_mnist"}
-LICENSES = {"smollm2": "apache-2.0"}  # derived weights keep the base model's licence; ours are MIT
+LICENSES = {"smollm2": "apache-2.0", "smollm2-cut": "apache-2.0"}  # derived weights keep the base model's licence; ours are MIT
 PIPELINE_TAGS = {"text": "text-generation", "diffusion": "unconditional-image-generation",
                  "image": "image-feature-extraction"}
 

@@ -15,7 +15,7 @@ import importlib
 from sophon.config import SHARED, build, defaults_of, field_names, overrides
 
 SETTING_ARCHS = {
-    "text": ("tiny-gpt2", "gpt2", "smollm2"),
+    "text": ("tiny-gpt2", "gpt2", "smollm2", "smollm2-cut"),
     "image": ("cnn", "res18", "res34", "res50", "vgg", "caformer"),
     "diffusion": ("unet-tiny", "unet-paper"),
 }
