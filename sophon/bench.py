@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -153,16 +152,10 @@ def compare_processes(args, argv: list[str]) -> dict:
     cores = os.cpu_count() or 1
     rows = {}
     for n in (1, args.processes):
-        port = socket.socket()
-        port.bind(("127.0.0.1", 0))
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "--main_process_port", str(port.getsockname()[1])] if n > 1 else [sys.executable]
-        port.close()
         threads = str(max(1, cores // n))
         env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        done = subprocess.run(launcher + ["-m", "sophon.bench", *argv, "--processes", "1", "--json"], env=env,
-                              capture_output=True, text=True)
+        command = distributed.launch_command(n) + ["-m", "sophon.bench", *argv, "--processes", "1", "--json"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"error: the {n}-process benchmark failed:\n{done.stderr[-2000:]}")
         rows[n] = json.loads(done.stdout.strip().splitlines()[-1])

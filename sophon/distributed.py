@@ -13,6 +13,8 @@ import atexit
 import datetime
 import functools
 import os
+import socket
+import sys
 
 import torch
 
@@ -27,9 +29,16 @@ def state():
     # The others wait while the main process evaluates, tunes or pre-trains: a generous timeout.
     s = PartialState(cpu=cpu, timeout=datetime.timedelta(hours=4))
     if s.num_processes > 1:
-        # Without this, torchrun's children abort at exit with a live process group.
-        atexit.register(s.destroy_process_group)
+        atexit.register(_close, s)
     return s
+
+
+def _close(s) -> None:
+    """At exit: without destroying the process group, torchrun's children abort with a live one; and
+    a process that tears it down while another still writes (the main one) can abort both, so all
+    meet first."""
+    s.wait_for_everyone()
+    s.destroy_process_group()
 
 
 def launched() -> bool:
@@ -63,6 +72,14 @@ def sum_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return reduce(tensor, reduction="sum")
 
 
+def sum_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor's element-wise sum over processes, in one all-reduce (they travel as one flat vector)."""
+    if world() == 1:
+        return list(tensors)
+    flat = sum_tensor(torch.cat([t.reshape(-1) for t in tensors]))
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
 def broadcast(obj):
     """The main process's `obj` on every process (metrics, a run folder's path)."""
     if world() == 1:
@@ -84,6 +101,21 @@ def gather(items: list) -> list:
 def barrier() -> None:
     if world() > 1:
         state().wait_for_everyone()
+
+
+def launch_command(processes: int) -> list[str]:
+    """The command prefix that starts `processes` processes of a Python script (append the script and
+    its arguments): accelerate's elastic launcher on a free port; plain Python for one. accelerate's
+    `--cpu` starts several CPU processes only through mpirun; the elastic launcher needs no MPI, and
+    its processes fall back to gloo where there is no CUDA."""
+    if processes == 1:
+        return [sys.executable]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port)]
 
 
 def device(default: torch.device) -> torch.device:

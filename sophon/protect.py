@@ -107,30 +107,25 @@ class Protector:
         # the step is the same whichever process simulates it, and resumable.
         seeds = [draw_seed(self.generator) for _ in envs]
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        flat = torch.zeros(sum(p.numel() for _, p in params) + len(params) + 2, device=self.task.device)
-        grads, present, losses = flat[:-len(params) - 2], flat[-len(params) - 2:-2], flat[-2:]
+        grads = [torch.zeros_like(p) for _, p in params]
+        present = torch.zeros(len(params), device=self.task.device)  # environments that gave each a gradient
+        losses = torch.zeros(2, device=self.task.device)
         for env, seed in distributed.shard(list(zip(envs, seeds))):
             with seeded(seed, self.task.device):
                 result = self.simulator.suppression_gradient(self.model, env, torch.Generator().manual_seed(seed))
-            offset = 0
-            for i, (n, p) in enumerate(params):
+            for i, (n, _) in enumerate(params):
                 if n in result.gradient:
-                    grads[offset:offset + p.numel()] += result.gradient[n].reshape(-1)
+                    grads[i] += result.gradient[n]
                     present[i] += 1
-                offset += p.numel()
-            losses += torch.tensor([result.suppression_loss, result.finetune_loss], device=flat.device)
-        # One all-reduce of everything (gradients, which parameters got one, losses): a no-op alone.
-        flat = distributed.sum_tensor(flat)
-        grads, present, losses = flat[:-len(params) - 2], flat[-len(params) - 2:-2], flat[-2:]
+            losses += torch.tensor([result.suppression_loss, result.finetune_loss], device=losses.device)
+        *grads, present, losses = distributed.sum_tensors(grads + [present, losses])  # a no-op alone
         suppression, finetune_loss = (losses / len(envs)).tolist()
         if not math.isfinite(suppression):
             raise NonFiniteLossError(f"suppression loss is {suppression}")
         self.fts_opt.zero_grad(set_to_none=True)
-        offset = 0
-        for i, (n, p) in enumerate(params):
-            if present[i] > 0:  # a parameter no simulated learner shares (θ's own head) keeps no gradient
-                p.grad = (grads[offset:offset + p.numel()] / len(envs)).view_as(p)
-            offset += p.numel()
+        for (_, p), g, seen in zip(params, grads, present):
+            if seen > 0:  # a parameter no simulated learner shares (θ's own head) keeps no gradient
+                p.grad = g / len(envs)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.grad is not None], CLIP_NORM)
         self.fts_opt.step()
@@ -153,13 +148,10 @@ class Protector:
         self.ntr_scaler.scale(loss).backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
         if distributed.world() > 1:
-            flat = distributed.sum_tensor(torch.cat([p.grad.reshape(-1) for p in params] + [loss.detach().reshape(1)]))
-            flat /= distributed.world()
-            offset = 0
-            for p in params:
-                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
-                offset += p.numel()
-            loss = flat[-1]
+            *grads, total = distributed.sum_tensors([p.grad for p in params] + [loss.detach().reshape(1)])
+            for p, g in zip(params, grads):
+                p.grad.copy_(g / distributed.world())
+            loss = total[0] / distributed.world()
         # Checked after the all-reduce, so that every process sees the same loss and stops together.
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"original-domain loss is {loss.item()}")

@@ -3,35 +3,23 @@ are sharded and their gradients summed, so the run must not depend on the proces
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from sophon import distributed
 from tests.toy import Headed
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(processes: int, run_dir: Path, total: int, *extra: str) -> str:
-    # `accelerate launch --cpu` starts several CPU processes only through mpirun; its elastic launcher
-    # (--multi_gpu) does it without, and the processes fall back to gloo where there is no CUDA.
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(free_port())] if processes > 1 else [sys.executable]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    done = subprocess.run(launcher + [str(WORKER), str(run_dir), str(total), *extra], env=env,
-                          capture_output=True, text=True, timeout=300)
+    command = distributed.launch_command(processes) + [str(WORKER), str(run_dir), str(total), *extra]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"processes: {processes}" in done.stdout
     return done.stdout
