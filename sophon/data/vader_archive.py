@@ -5,12 +5,11 @@ ratings (Hutto & Gilbert, ICWSM 2014; MIT licence). Fetched once with pip, check
 
 import hashlib
 import io
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 from sophon.data import DataUnavailableError, cache_dir
+from sophon.data.pypi import fetch_verified
 
 SDIST = "vaderSentiment-3.3.2.tar.gz"
 SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
@@ -20,23 +19,6 @@ FILES = ("movieReviewSnippets_GroundTruth.txt", "nytEditorialSnippets_GroundTrut
          "amazonReviewSnippets_GroundTruth.txt", "tweets_GroundTruth.txt")
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def download_sdist(dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-           "vaderSentiment==3.3.2", "-d", str(dest)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    path = dest / SDIST
-    if result.returncode != 0 or not path.exists():
-        raise DataUnavailableError(
-            "could not fetch the embedded text sets (vaderSentiment==3.3.2 source distribution from PyPI): "
-            f"{result.stderr.strip()[-300:]}\nFetch it by hand with `pip download --no-binary :all: --no-deps "
-            f"vaderSentiment==3.3.2 -d {dest}` on a machine with PyPI access and copy it there.")
-    return path
-
-
 def corpus_dir() -> Path:
     """Folder holding the four ground-truth files, fetching and verifying them on first use."""
     root = cache_dir() / "vader"
@@ -44,16 +26,11 @@ def corpus_dir() -> Path:
     if all((out / f).exists() for f in FILES):
         return out
     root.mkdir(parents=True, exist_ok=True)
-    sdist = root / SDIST
-    if not sdist.exists():
-        download_sdist(root)
-    data = sdist.read_bytes()
-    if _sha256(data) != SDIST_SHA256:
-        sdist.unlink()
-        raise DataUnavailableError(f"{SDIST} failed its checksum (deleted); run again to fetch it anew")
-    with tarfile.open(fileobj=io.BytesIO(data)) as outer:
+    sdist = fetch_verified("vaderSentiment==3.3.2", SDIST, SDIST_SHA256, root, "the embedded text sets",
+                           ("--no-binary", ":all:"))
+    with tarfile.open(sdist) as outer:
         inner = outer.extractfile(INNER).read()
-    if _sha256(inner) != INNER_SHA256:
+    if hashlib.sha256(inner).hexdigest() != INNER_SHA256:
         raise DataUnavailableError(f"{INNER} inside {SDIST} failed its checksum")
     out.mkdir(exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(inner)) as archive:

