@@ -6,7 +6,8 @@ bf16 has fp32's range and needs none.
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+from sophon.config import PRECISIONS
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -103,19 +103,19 @@ def run_setting(setting: str, opts) -> dict:
             args, module = parse_setting_args(f"reproduce {setting}", argv + ["--seed", str(seed)], kind=kind,
                                               default_arch=default_arch)
             args.device = str(device_of(args))
-            run_dir = Path(opts.root) / "reproduce" / setting / (loss if not seed else f"{loss}-seed{seed}")
-            runs[protected_name(loss, seed)] = run_dir
+            name = protected_name(loss, seed)
+            run_dir = Path(opts.root) / "reproduce" / setting / name.removeprefix("sophon-")  # ice, ice-seed1 ...
+            runs[name] = run_dir
             task, normal, protected = _protected(args, loss, module, run_dir)
             models.setdefault("normal", normal)
-            models[protected_name(loss, seed)] = protected
+            models[name] = protected
             if opts.tune and not seed:  # tuned against the first SOPHON model, then used on every start
                 attacks[f"tuned-{loss}"] = _tuned(args, task, setting, protected, run_dir, opts.tune)
     # Every model is attacked on the same data with the same attack seeds: those of the base seed (a SOPHON
     # seed also picks the training subsets its own run saw, where a preset subsamples).
     args, module = parse_setting_args(f"reproduce {setting}", argv, kind=kind, default_arch=default_arch)
     args.device = str(device_of(args))
-    if opts.protect_seeds > 1:
-        task = build_task(args, module, losses[-1])
+    task = build_task(args, module, losses[-1])
     models["scratch"] = module.build_model(args, "scratch")
     attacks.update(args.attack_list)
     out = Path(opts.root) / "tables"
