@@ -10,6 +10,7 @@ peak.
     python -m sophon.bench                                   # tiny-gpt2 size, CPU
     python -m sophon.bench --size gpt2 --precision bf16 --bs 16 --seq 1024   # on a GPU: MFU
     python -m sophon.bench --size cnn --processes 2 --envs 4  # 1 process vs 2 for the same work
+    python -m sophon.bench --size cnn --bs 64 --adaptation_steps 10 --probe_weight 0.01   # the probe's cost
 """
 
 import argparse
@@ -109,7 +110,8 @@ def measure(args) -> dict:
     model, task, examples = build(args.size, args.bs, args.seq, device)
     task.precision = Precision(args.precision, device)
     config = ProtectConfig(adaptation_steps=args.adaptation_steps, suppress_every=args.suppress_every, bs=args.bs,
-                           finetune_epochs=0, environments=[Environment("sgd", 1e-4, args.bs)] * args.envs)
+                           finetune_epochs=0, environments=[Environment("sgd", 1e-4, args.bs)] * args.envs,
+                           probe_weight=args.probe_weight)
     scratch = tempfile.TemporaryDirectory()  # the loop's run folder: the steps timed here write nothing
     protector = Protector(model, task, config, run_dir=scratch.name)
     outer = timed(lambda: (protector.fts_step(), protector.ntr_step()), args.iters, device)
@@ -137,6 +139,7 @@ def measure(args) -> dict:
     return {"size": args.size, "device": str(device), "card": torch.cuda.get_device_name(device)
             if device.type == "cuda" else "cpu", "precision": args.precision, "processes": distributed.world(),
             "threads": torch.get_num_threads(), "K": args.adaptation_steps, "envs": args.envs, "bs": args.bs,
+            "probe_weight": args.probe_weight,
             "seq": args.seq if args.size in TEXT else None,
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "outer_iteration_s": outer, "plain_K+1_steps_s": step * (args.adaptation_steps + 1),
@@ -174,6 +177,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--suppress_every", type=int, default=LoopConfig.suppress_every,
                    help="suppression gradient every N inner steps")
     p.add_argument("--envs", type=int, default=1, help="simulated environments per FTS step")
+    p.add_argument("--probe_weight", type=float, default=0.0,
+                   help="add the closed-form linear-probe attacker to every FTS step (classifiers only)")
     p.add_argument("--bs", type=int, default=LoopConfig.bs)
     p.add_argument("--seq", type=int, default=48, help="tokens per example (text sizes)")
     p.add_argument("--iters", type=int, default=5)
@@ -190,6 +195,8 @@ def main(argv=None) -> dict:
     for flag in ("adaptation_steps", "suppress_every", "envs", "bs", "seq", "iters", "processes"):
         if getattr(args, flag) < 1:
             parser().error(f"--{flag} must be at least 1")
+    if args.probe_weight and args.size in DIFFUSION:
+        parser().error("--probe_weight needs a classifier's head; the diffusion sizes have none")
     if args.processes > 1:
         keep = [a for i, a in enumerate(argv) if a != "--processes" and (i == 0 or argv[i - 1] != "--processes")
                 and not a.startswith("--processes=")]

@@ -127,6 +127,9 @@ def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = 
     _check(parser, values, given, saved, classes, run_dir)
     if values.get("grad_checkpointing") and setting.NAME != "text":
         fail(f"--grad_checkpointing applies to the causal LMs of the text setting, not to --arch {arch}; drop it")
+    if values.get("probe_weight") and setting.NAME == "diffusion":
+        fail("--probe_weight simulates a linear probe of a classifier's features; the diffusion setting has no "
+             "head to probe: drop it")
     args = argparse.Namespace(**values)
     # --suite replaces the preset's --attacks, not attacks the user asked for (sophon.suites).
     args.attacks_given = "attacks" in given or bool(saved.get("attacks_given"))

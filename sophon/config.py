@@ -69,6 +69,8 @@ class LoopConfig:
                                      "step from the attack suite's distribution (README)", choices=("fixed", "sampled"))
     anchor: bool = option(False, "with --attackers sampled: keep the fixed attacker (plain SGD at --fast_lr) in "
                                  "every FTS step beside the sampled ones")
+    probe_weight: float = option(0.0, "weight of the closed-form linear-probe attacker's suppression gradient, "
+                                      "added to every FTS step (0: off; classification only)", at_least=0)
     guard: float = option(0.9, "stop when the original metric falls below this fraction of its start (0: off)",
                           at_least=0, below=1)
     guard_action: str = option("stop", "on crossing the guard, restore the last good state, then stop, or decay "

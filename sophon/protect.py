@@ -118,10 +118,28 @@ class Protector:
                     grads[i] += result.gradient[n]
                     present[i] += 1
             losses += torch.tensor([result.suppression_loss, result.finetune_loss], device=losses.device)
+        record = {}
+        if self.config.probe_weight > 0:
+            # The closed-form linear probe: one more attacker, weighted, simulated by the main process.
+            seed = draw_seed(self.generator)
+            probe = torch.zeros(1, device=self.task.device)
+            if distributed.is_main():
+                with seeded(seed, self.task.device):
+                    result = self.simulator.probe_gradient(self.model, self.config.bs,
+                                                           torch.Generator().manual_seed(seed))
+                for i, (n, _) in enumerate(params):
+                    if n in result.gradient:
+                        grads[i] += self.config.probe_weight * len(envs) * result.gradient[n]
+                        present[i] += 1
+                probe += result.suppression_loss
+            losses = torch.cat([losses, probe])
         *grads, present, losses = distributed.sum_tensors(grads + [present, losses])  # a no-op alone
-        suppression, finetune_loss = (losses / len(envs)).tolist()
-        if not math.isfinite(suppression):
-            raise NonFiniteLossError(f"suppression loss is {suppression}")
+        suppression, finetune_loss = (losses[:2] / len(envs)).tolist()
+        if len(losses) > 2:
+            record["probe_loss"] = losses[2].item()
+        if not all(math.isfinite(v) for v in [suppression, *record.values()]):
+            raise NonFiniteLossError(f"suppression loss is {suppression}"
+                                     + (f", probe loss {record['probe_loss']}" if record else ""))
         self.fts_opt.zero_grad(set_to_none=True)
         for (_, p), g, seen in zip(params, grads, present):
             if seen > 0:  # a parameter no simulated learner shares (θ's own head) keeps no gradient
@@ -129,7 +147,8 @@ class Protector:
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.grad is not None], CLIP_NORM)
         self.fts_opt.step()
-        return {"suppression_loss": suppression, "finetune_loss": finetune_loss, "fts_grad_norm": float(grad_norm)}
+        return {"suppression_loss": suppression, "finetune_loss": finetune_loss, "fts_grad_norm": float(grad_norm),
+                **record}
 
     def ntr_step(self) -> dict:
         with seeded(draw_seed(self.generator), self.task.device):
@@ -275,7 +294,7 @@ class Protector:
                         group["lr"] *= 0.5
             self.log(record)
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
-                             if k in ("suppression_loss", "original_loss") or k.startswith("finetuned_")})
+                             if k in ("suppression_loss", "probe_loss", "original_loss") or k.startswith("finetuned_")})
         if self.status == "running":
             self.status = "finished"
         self.save("final")

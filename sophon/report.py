@@ -118,8 +118,10 @@ def write_results(folder: Path, stem: str, result: dict) -> str:
     return text
 
 
-def plot_panels(curves: dict, metric: str, path: str | Path, title: str = "") -> Path:
-    """One panel per attack: the mean curve of each start over seeds, with a ± std band."""
+def plot_panels(curves: dict, metric: str, path: str | Path, title: str = "",
+                baseline: tuple[str, float] | None = None) -> Path:
+    """One panel per attack: the mean curve of each start over seeds, with a ± std band; `baseline`
+    (label, value), e.g. the zero-shot accuracy, is a dotted line in every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,6 +141,8 @@ def plot_panels(curves: dict, metric: str, path: str | Path, title: str = "") ->
             mean, std = values.mean(0), values.std(0, ddof=1) if len(values) > 1 else np.zeros(length)
             ax.plot(epochs, mean, color=colour(start, i), label=start, lw=1.6)
             ax.fill_between(epochs, mean - std, mean + std, color=colour(start, i), alpha=0.2, lw=0)
+        if baseline is not None:
+            ax.axhline(baseline[1], color="black", ls=":", lw=1.2, label=baseline[0])
         ax.set_title(attack, fontsize=7.5)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)

@@ -15,6 +15,7 @@ from torch import nn
 
 from sophon.optim import make_optimizer
 from sophon.precision import of as precision_of, optimizer_step
+from sophon.probe import PROBE_RIDGE, probe_loss
 from sophon.task import Task, batch_size_of, draw_batch, index_batch, move, split_batch
 from sophon.train import benign_phase
 
@@ -192,3 +193,23 @@ class Simulator:
             suppression += self.weights[k] * query_loss.item()
         gradient = dict(zip(names, total))
         return SimulationResult(gradient, suppression, finetune / self.adaptation_steps)
+
+    def probe_gradient(self, model: nn.Module, batch_size: int,
+                       generator: torch.Generator | None = None) -> SimulationResult:
+        """The gradient of the closed-form linear probe's suppression loss (sophon.probe) at θ's body:
+        the head is fitted on 2 × `batch_size` restricted examples and judged on a disjoint query."""
+        generator = generator or self.generator
+        query_size = self.query_bs or batch_size
+        batch = move(draw_batch(self.task.restricted_train, 2 * batch_size + query_size, generator), self.task.device)
+        order = torch.arange(batch_size_of(batch))
+        n = min(2 * batch_size, len(order) - 1)
+        learner = self.task.learner(model)
+        learner.eval()  # a linear probe keeps the body as it is, BatchNorm statistics included
+        names = self.shared_names(model, learner)
+        params = dict(learner.named_parameters())
+        with precision_of(self.task).autocast():
+            loss = probe_loss(self.task, learner, index_batch(batch, order[:n]), index_batch(batch, order[n:]),
+                              PROBE_RIDGE)
+        grads = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
+        gradient = {k: g for k, g in zip(names, grads) if g is not None}
+        return SimulationResult(gradient, loss.item(), 0.0)

@@ -35,3 +35,17 @@ def test_flops_counted_for_a_linear_model_match_the_formula():
 def test_bf16_peak_by_card_name(monkeypatch, name, peak):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     assert bench.bf16_peak(torch.device("cuda")) == peak
+
+
+def test_bench_times_the_probe_attacker_and_refuses_it_without_a_head(monkeypatch):
+    from sophon import protect
+
+    calls = []
+    real = protect.Simulator.probe_gradient
+    monkeypatch.setattr(protect.Simulator, "probe_gradient", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    result = bench.main(["--size", "cnn", "--iters", "1", "--bs", "4", "--adaptation_steps", "1", "--device", "cpu",
+                         "--probe_weight", "0.01", "--json"])
+    assert result["probe_weight"] == 0.01 and calls
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--size", "unet-tiny", "--probe_weight", "0.01"])
+    assert err.value.code == 2

@@ -168,3 +168,12 @@ def test_grad_checkpointing_outside_the_text_setting_is_refused(capsys, tmp_path
     line = _error_line(capsys, lambda: classification_main(
         "test", ("ice",), ["--arch", "cnn", "--grad_checkpointing", "--root", str(tmp_path)]))
     assert "--grad_checkpointing applies to the causal LMs" in line
+
+
+def test_the_probe_attacker_outside_classification_is_refused(capsys, tmp_path):
+    from sophon.cli import generation_main
+
+    line = _error_line(capsys, lambda: generation_main(
+        "test", "dos", ["--arch", "unet-tiny", "--probe_weight", "0.01", "--root", str(tmp_path)]))
+    assert "--probe_weight simulates a linear probe" in line
+    assert not any(tmp_path.iterdir())
