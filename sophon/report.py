@@ -126,11 +126,13 @@ def plot_panels(curves: dict, metric: str, path: str | Path, title: str = "",
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     attacks = list(dict.fromkeys(a for by in curves.values() for a in by))
     cols = min(4, len(attacks))
     rows = -(-len(attacks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows + 0.6), squeeze=False, sharey=True)
+    height = 2.7 * rows + 0.9  # inches: the panels, then a line for the title and one for the legend
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, height), squeeze=False, sharey=True)
     for ax, attack in zip(axes.flat, attacks):
         for i, (start, by) in enumerate(curves.items()):
             if attack not in by:
@@ -144,6 +146,7 @@ def plot_panels(curves: dict, metric: str, path: str | Path, title: str = "",
         if baseline is not None:
             ax.axhline(baseline[1], color="black", ls=":", lw=1.2, label=baseline[0])
         ax.set_title(attack, fontsize=7.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(attacks):]:
@@ -153,9 +156,11 @@ def plot_panels(curves: dict, metric: str, path: str | Path, title: str = "",
     for ax in axes[-1, :]:
         ax.set_xlabel("fine-tuning epoch", fontsize=8)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", ncol=len(labels), fontsize=8)
-    fig.suptitle(title, fontsize=10, x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.7 * rows + 0.6)))
+    # The title on the first line, the legend on the second, so neither hides the other in narrow figures.
+    fig.suptitle(title, fontsize=10, x=0.01, y=1 - 0.08 / height, ha="left", va="top")
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.01, 1 - 0.38 / height), ncol=len(labels),
+               fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.62 / height))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -147,13 +147,16 @@ def cut_blocks(lm: nn.Module, blocks: int) -> nn.Module:
 def build_model(args, start: str) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
-    lm, _ = load_pretrained(default_pretrained(args), args.arch, args.blocks)
-    if start == "scratch":
-        torch.manual_seed(args.seed + 12345)  # not the seed pre-training started from
-        lm = AutoModelForCausalLM.from_config(lm.config)
-    elif start != "normal":
+    if start not in ("normal", "scratch"):
         raise ValueError(f"unknown start {start!r}; use normal or scratch")
-    model = CausalLMClassifier(copy.deepcopy(lm), num_classes=2, pool=args.pool)
+    lm, _ = load_pretrained(default_pretrained(args), args.arch, args.blocks)
+    # The same weights at every build, the classification head included, and the global RNG untouched: a
+    # model's fingerprint (the attack cache's key) must not depend on what ran before in the process.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed + 12345 if start == "scratch" else args.seed)  # scratch: not pre-training's seed
+        if start == "scratch":
+            lm = AutoModelForCausalLM.from_config(lm.config)
+        model = CausalLMClassifier(copy.deepcopy(lm), num_classes=2, pool=args.pool)
     if args.grad_checkpointing:
         # Recompute each block's activations in the backward pass: memory for time, on long inputs.
         # (Only in train mode; the non-reentrant form also serves torch.autograd.grad in the simulation.)
