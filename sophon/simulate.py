@@ -145,12 +145,14 @@ class Simulator:
         if self.query_bs is None:
             batch = draw_batch(self.task.restricted_train, batch_size, generator)
             return split_batch(move(batch, self.task.device), self.query_fraction, generator)
-        # A separate query, disjoint from the support (one draw without replacement, cut in two):
-        # a usable gradient instead of the 1-3 examples a 10 % share of a small batch gives.
-        batch = move(draw_batch(self.task.restricted_train, batch_size + self.query_bs, generator),
-                     self.task.device)
+        # A separate query: a usable gradient instead of the 1-3 examples a 10 % share of a small batch gives.
+        return self._disjoint(batch_size, self.query_bs, generator)
+
+    def _disjoint(self, support_size: int, query_size: int, generator: torch.Generator):
+        """A support and a query without a shared example: one draw without replacement, cut in two."""
+        batch = move(draw_batch(self.task.restricted_train, support_size + query_size, generator), self.task.device)
         order = torch.arange(batch_size_of(batch))
-        n = min(batch_size, len(order) - 1)
+        n = min(support_size, len(order) - 1)
         return index_batch(batch, order[:n]), index_batch(batch, order[n:])
 
     def suppression_gradient(self, model: nn.Module, env: Environment,
@@ -198,18 +200,13 @@ class Simulator:
                        generator: torch.Generator | None = None) -> SimulationResult:
         """The gradient of the closed-form linear probe's suppression loss (sophon.probe) at θ's body:
         the head is fitted on 2 × `batch_size` restricted examples and judged on a disjoint query."""
-        generator = generator or self.generator
-        query_size = self.query_bs or batch_size
-        batch = move(draw_batch(self.task.restricted_train, 2 * batch_size + query_size, generator), self.task.device)
-        order = torch.arange(batch_size_of(batch))
-        n = min(2 * batch_size, len(order) - 1)
+        support, query = self._disjoint(2 * batch_size, self.query_bs or batch_size, generator or self.generator)
         learner = self.task.learner(model)
         learner.eval()  # a linear probe keeps the body as it is, BatchNorm statistics included
         names = self.shared_names(model, learner)
         params = dict(learner.named_parameters())
         with precision_of(self.task).autocast():
-            loss = probe_loss(self.task, learner, index_batch(batch, order[:n]), index_batch(batch, order[n:]),
-                              PROBE_RIDGE)
+            loss = probe_loss(self.task, learner, support, query, PROBE_RIDGE)
         grads = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
         gradient = {k: g for k, g in zip(names, grads) if g is not None}
         return SimulationResult(gradient, loss.item(), 0.0)
