@@ -15,10 +15,11 @@ from pathlib import Path
 
 from sophon import distributed, report
 from sophon.attack import Attack
-from sophon.cli import parse_setting_args, pretrain_main, user_errors
-from sophon.config import SUITE_NAMES, AttackConfig, RunConfig
+from sophon.cli import fail, parse_setting_args, pretrain_main, user_errors
+from sophon.config import SUITE_NAMES, AttackConfig, LoopConfig, RunConfig, field_names
 from sophon.device import device_of
 from sophon.experiment import build_task, evaluate, load_protected, protect_model
+from sophon.resume import may_change
 
 # setting -> (arch of the embedded preset, its two suppression losses, kind for the parser)
 SETTINGS = {"text": ("tiny-gpt2", ("ice", "klu"), ("text", "image")),
@@ -60,6 +61,21 @@ def _pretrain(setting: str, arch: str, common: list[str]) -> None:
     pretrain_main("pre-train", ["--arch", arch] + common)
 
 
+def stale_field(args, setting_module, run_dir: Path) -> str | None:
+    """The first flag that shapes the SOPHON model (the run, the loop, the setting's own) whose value in
+    run_dir/args.json differs from what this call would use, as "name: saved -> now"; None when they agree
+    or there is no run. A changed preset would otherwise reuse, or resume, a model made by the old one."""
+    path = run_dir / "args.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    free = may_change((RunConfig, LoopConfig))  # root, device, total_loop ...: a resume may change them
+    for name in field_names((RunConfig, LoopConfig, setting_module.CONFIG)):
+        if name in saved and name not in free and saved[name] != getattr(args, name):
+            return f"{name}: {saved[name]!r} -> {getattr(args, name)!r}"
+    return None
+
+
 def _protected(args, loss: str, setting_module, run_dir: Path):
     """(task, normal, protected): reuse a finished run, resume an interrupted one, else start it."""
     final = run_dir / "checkpoints" / "final.json"
@@ -88,29 +104,51 @@ def _tuned(args, task, setting: str, model, run_dir: Path, trials: int) -> Attac
     return attack
 
 
-def run_setting(setting: str, opts) -> dict:
-    arch, losses, kind = SETTINGS[setting]
+def _argv(setting: str, opts) -> tuple[list[str], list[str]]:
+    """(the setting's flags, the flags every step shares)."""
     common = ["--root", opts.root, "--device", opts.device] + (["--data_root", opts.data_root] if opts.data_root else [])
+    return ["--arch", SETTINGS[setting][0], "--suite", opts.suite, "--seeds", str(opts.seeds)] + common, common
+
+
+def plan(setting: str, opts) -> list[tuple[str, int, str, Path]]:
+    """(loss, seed, start name, run folder) of every SOPHON run; a folder made with other flags than the
+    preset now gives is refused here, before any long work starts, and kept."""
+    arch, losses, kind = SETTINGS[setting]
+    argv, _ = _argv(setting, opts)
+    runs = []
+    for loss in losses:
+        for seed in range(opts.protect_seeds):
+            args, module = parse_setting_args(f"reproduce {setting}", argv + ["--seed", str(seed)], kind=kind,
+                                              default_arch=arch)
+            name = protected_name(loss, seed)
+            run_dir = Path(opts.root) / "reproduce" / setting / name.removeprefix("sophon-")  # ice, ice-seed1 ...
+            changed = stale_field(args, module, run_dir)
+            if changed:
+                fail(f"{run_dir} was made with other flags than the {arch} preset now gives ({changed}); "
+                     "move that folder away to run it again, or check out the commit that made it")
+            runs.append((loss, seed, name, run_dir))
+    return runs
+
+
+def run_setting(setting: str, opts, runs: list[tuple[str, int, str, Path]]) -> dict:
+    arch, losses, kind = SETTINGS[setting]
+    argv, common = _argv(setting, opts)
     started = time.perf_counter()
     if distributed.is_main():  # the others wait for the cached pre-trained model
         _pretrain(setting, arch, common)
     distributed.barrier()
-    argv = ["--arch", arch, "--suite", opts.suite, "--seeds", str(opts.seeds)] + common
     default_arch = arch
-    models, attacks, task, args, runs = {}, {}, None, None, {}
-    for loss in losses:
-        for seed in range(opts.protect_seeds):
-            args, module = parse_setting_args(f"reproduce {setting}", argv + ["--seed", str(seed)], kind=kind,
-                                              default_arch=default_arch)
-            args.device = str(device_of(args))
-            name = protected_name(loss, seed)
-            run_dir = Path(opts.root) / "reproduce" / setting / name.removeprefix("sophon-")  # ice, ice-seed1 ...
-            runs[name] = run_dir
-            task, normal, protected = _protected(args, loss, module, run_dir)
-            models.setdefault("normal", normal)
-            models[name] = protected
-            if opts.tune and not seed:  # tuned against the first SOPHON model, then used on every start
-                attacks[f"tuned-{loss}"] = _tuned(args, task, setting, protected, run_dir, opts.tune)
+    models, attacks, task, args, folders = {}, {}, None, None, {}
+    for loss, seed, name, run_dir in runs:
+        args, module = parse_setting_args(f"reproduce {setting}", argv + ["--seed", str(seed)], kind=kind,
+                                          default_arch=default_arch)
+        args.device = str(device_of(args))
+        folders[name] = run_dir
+        task, normal, protected = _protected(args, loss, module, run_dir)
+        models.setdefault("normal", normal)
+        models[name] = protected
+        if opts.tune and not seed:  # tuned against the first SOPHON model, then used on every start
+            attacks[f"tuned-{loss}"] = _tuned(args, task, setting, protected, run_dir, opts.tune)
     # Every model is attacked on the same data with the same attack seeds: those of the base seed (a SOPHON
     # seed also picks the training subsets its own run saw, where a preset subsamples).
     args, module = parse_setting_args(f"reproduce {setting}", argv, kind=kind, default_arch=default_arch)
@@ -123,7 +161,7 @@ def run_setting(setting: str, opts) -> dict:
     result = evaluate(args, task, module, out, models, attacks, title, stem=setting, figure=setting)
     result["minutes"] = (time.perf_counter() - started) / 60
     result["suite"] = opts.suite
-    result["runs"] = {name: str(d) for name, d in runs.items()}
+    result["runs"] = {name: str(d) for name, d in folders.items()}
     result["protect_seeds"] = opts.protect_seeds
     if distributed.is_main():
         (out / f"{setting}.json").write_text(json.dumps(report.jsonable(result), indent=1))
@@ -204,8 +242,10 @@ def main(argv=None) -> Path:
         parser().error("--seeds and --protect_seeds must be at least 1, --tune at least 0")
     out = Path(opts.root) / "tables"
     out.mkdir(parents=True, exist_ok=True)
-    for setting in list(SETTINGS) if opts.setting == "all" else [opts.setting]:
-        run_setting(setting, opts)
+    settings = list(SETTINGS) if opts.setting == "all" else [opts.setting]
+    runs = {setting: plan(setting, opts) for setting in settings}
+    for setting in settings:
+        run_setting(setting, opts, runs[setting])
     if distributed.is_main():
         print(write_summary(out))
         print(f"summary: {out / 'summary.md'}")

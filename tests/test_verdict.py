@@ -100,21 +100,3 @@ def test_curves_png_has_one_panel_per_attack(tmp_path):
     assert width > 4 * 300 and height > 2 * 250  # a 4 x 2 grid of readable panels
     assert not math.isnan(V.curve_summary(curve(0.1, 0.5, 0.4), "accuracy", True)["auc"])
     assert V.curve_summary(curve(0.1, 0.5, 0.4), "accuracy", True) == {"final": 0.4, "best": 0.5, "auc": 0.45}
-
-
-def test_reproduce_summarises_held_counts_across_sophon_seeds():
-    from sophon.reproduce import across_seeds, protected_name, seed_lines
-
-    def worst(held, p):
-        return {"held": held, "separating": 9, "attacks": 32, "attack": f"a{held}", "protection": p,
-                "verdict": "held" if p >= 0.9 else "not held"}
-
-    names = [protected_name("ice", s) for s in range(3)] + [protected_name("klu", 0)]
-    assert names == ["sophon-ice", "sophon-ice-seed1", "sophon-ice-seed2", "sophon-klu"]
-    result = {"worst": dict(zip(names, [worst(5, 0.69), worst(8, 0.95), worst(2, 0.10), worst(4, 0.05)]))}
-    agg = across_seeds(result)
-    assert list(agg) == ["sophon-ice"]  # one SOPHON seed of klu: nothing to aggregate
-    assert agg["sophon-ice"]["held"] == [5, 8, 2]
-    assert agg["sophon-ice"]["mean"] == pytest.approx(5.0) and agg["sophon-ice"]["std"] == pytest.approx(3.0)
-    assert agg["sophon-ice"]["worst"]["protection"] == 0.10
-    assert "held 5, 8, 2 of 9: 5.0 ± 3.0" in seed_lines("image", result)[0]

@@ -1,0 +1,56 @@
+"""reproduce.py: the summary across SOPHON seeds, and the refusal of a run made by another preset."""
+
+import json
+
+import pytest
+
+
+def test_reproduce_summarises_held_counts_across_sophon_seeds():
+    from sophon.reproduce import across_seeds, protected_name, seed_lines
+
+    def worst(held, p):
+        return {"held": held, "separating": 9, "attacks": 32, "attack": f"a{held}", "protection": p,
+                "verdict": "held" if p >= 0.9 else "not held"}
+
+    names = [protected_name("ice", s) for s in range(3)] + [protected_name("klu", 0)]
+    assert names == ["sophon-ice", "sophon-ice-seed1", "sophon-ice-seed2", "sophon-klu"]
+    result = {"worst": dict(zip(names, [worst(5, 0.69), worst(8, 0.95), worst(2, 0.10), worst(4, 0.05)]))}
+    agg = across_seeds(result)
+    assert list(agg) == ["sophon-ice"]  # one SOPHON seed of klu: nothing to aggregate
+    assert agg["sophon-ice"]["held"] == [5, 8, 2]
+    assert agg["sophon-ice"]["mean"] == pytest.approx(5.0) and agg["sophon-ice"]["std"] == pytest.approx(3.0)
+    assert agg["sophon-ice"]["worst"]["protection"] == 0.10
+    assert "held 5, 8, 2 of 9: 5.0 ± 3.0" in seed_lines("image", result)[0]
+
+
+def test_reproduce_refuses_a_run_made_by_another_preset_before_any_work(tmp_path, monkeypatch, capsys):
+    """A finished SOPHON run is reused by reproduce.py; one made with other loop flags than the preset now gives
+    would put the old model into the new table. It is refused with one line, before pre-training, and kept."""
+    from sophon import reproduce
+    from sophon.experiment import args_to_json
+    from sophon.settings import image
+
+    opts = reproduce.parser().parse_args(["--setting", "image", "--root", str(tmp_path), "--protect_seeds", "2"])
+    runs = reproduce.plan("image", opts)  # no folder yet: nothing to refuse
+    assert [(loss, seed) for loss, seed, _, _ in runs] == [("ice", 0), ("ice", 1), ("klu", 0), ("klu", 1)]
+    loss, seed, _, run_dir = runs[3]
+    args, module = reproduce.parse_setting_args("t", ["--arch", "cnn", "--seed", str(seed), "--root", str(tmp_path)],
+                                                kind=("text", "image"), default_arch="cnn")
+    run_dir.mkdir(parents=True)
+    (run_dir / "args.json").write_text(args_to_json(args, image))
+    assert reproduce.stale_field(args, module, run_dir) is None  # same flags; root, device may differ
+    saved = json.loads((run_dir / "args.json").read_text())
+    saved["device"], saved["adaptation_steps"] = "cuda", 10
+    (run_dir / "args.json").write_text(json.dumps(saved))
+    assert reproduce.stale_field(args, module, run_dir) == f"adaptation_steps: 10 -> {args.adaptation_steps}"
+
+    def no_work(*_):
+        raise AssertionError("pre-trained before refusing")
+
+    monkeypatch.setattr(reproduce, "_pretrain", no_work)
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.main(["--setting", "image", "--root", str(tmp_path), "--protect_seeds", "2"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "adaptation_steps: 10" in err and "klu-seed1" in err
+    assert (run_dir / "args.json").exists()
