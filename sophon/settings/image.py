@@ -70,7 +70,8 @@ PRESETS = {
     # The simulation of the best variant measured (README, issue 11; 3 SOPHON seeds per loss): 40 simulated steps
     # (the attacks run 100) with the suppression gradient every 5th weighted toward late ones, a closed-form
     # linear probe at a small weight (its gradient is ~100x the simulated attacker's), and a second NTR step
-    # per iteration that keeps the original domain above the guard. ~9 min per run on one core.
+    # per iteration that keeps the original domain above the guard. ~5 min per run on 2 cores. Without the probe,
+    # ICE did as well (README's ablation); it stays until KLU is ablated too.
     "cnn": dict(_EMBEDDED, img_size=28, adaptation_steps=40, suppress_every=5, late_weight=1.0, probe_weight=0.005,
                 nl_loop=2),
     # About 40x the cnn's compute per image: fewer original examples, shorter loop and attacks.
