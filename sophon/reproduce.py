@@ -110,9 +110,9 @@ def _argv(setting: str, opts) -> tuple[list[str], list[str]]:
     return ["--arch", SETTINGS[setting][0], "--suite", opts.suite, "--seeds", str(opts.seeds)] + common, common
 
 
-def plan(setting: str, opts) -> list[tuple[str, int, str, Path]]:
-    """(loss, seed, start name, run folder) of every SOPHON run; a folder made with other flags than the
-    preset now gives is refused here, before any long work starts, and kept."""
+def plan(setting: str, opts) -> list[tuple]:
+    """(loss, seed, start name, run folder, args, setting module) of every SOPHON run; a folder made with other
+    flags than the preset now gives is refused here, before any long work starts, and kept."""
     arch, losses, kind = SETTINGS[setting]
     argv, _ = _argv(setting, opts)
     runs = []
@@ -126,22 +126,19 @@ def plan(setting: str, opts) -> list[tuple[str, int, str, Path]]:
             if changed:
                 fail(f"{run_dir} was made with other flags than the {arch} preset now gives ({changed}); "
                      "move that folder away to run it again, or check out the commit that made it")
-            runs.append((loss, seed, name, run_dir))
+            runs.append((loss, seed, name, run_dir, args, module))
     return runs
 
 
-def run_setting(setting: str, opts, runs: list[tuple[str, int, str, Path]]) -> dict:
+def run_setting(setting: str, opts, runs: list[tuple]) -> dict:
     arch, losses, kind = SETTINGS[setting]
     argv, common = _argv(setting, opts)
     started = time.perf_counter()
     if distributed.is_main():  # the others wait for the cached pre-trained model
         _pretrain(setting, arch, common)
     distributed.barrier()
-    default_arch = arch
-    models, attacks, task, args, folders = {}, {}, None, None, {}
-    for loss, seed, name, run_dir in runs:
-        args, module = parse_setting_args(f"reproduce {setting}", argv + ["--seed", str(seed)], kind=kind,
-                                          default_arch=default_arch)
+    models, attacks, task, folders = {}, {}, None, {}
+    for loss, seed, name, run_dir, args, module in runs:
         args.device = str(device_of(args))
         folders[name] = run_dir
         task, normal, protected = _protected(args, loss, module, run_dir)
@@ -151,7 +148,7 @@ def run_setting(setting: str, opts, runs: list[tuple[str, int, str, Path]]) -> d
             attacks[f"tuned-{loss}"] = _tuned(args, task, setting, protected, run_dir, opts.tune)
     # Every model is attacked on the same data with the same attack seeds: those of the base seed (a SOPHON
     # seed also picks the training subsets its own run saw, where a preset subsamples).
-    args, module = parse_setting_args(f"reproduce {setting}", argv, kind=kind, default_arch=default_arch)
+    args, module = parse_setting_args(f"reproduce {setting}", argv, kind=kind, default_arch=arch)
     args.device = str(device_of(args))
     task = build_task(args, module, losses[-1])
     models["scratch"] = module.build_model(args, "scratch")

@@ -32,8 +32,8 @@ def test_reproduce_refuses_a_run_made_by_another_preset_before_any_work(tmp_path
 
     opts = reproduce.parser().parse_args(["--setting", "image", "--root", str(tmp_path), "--protect_seeds", "2"])
     runs = reproduce.plan("image", opts)  # no folder yet: nothing to refuse
-    assert [(loss, seed) for loss, seed, _, _ in runs] == [("ice", 0), ("ice", 1), ("klu", 0), ("klu", 1)]
-    loss, seed, _, run_dir = runs[3]
+    assert [(loss, seed) for loss, seed, *_ in runs] == [("ice", 0), ("ice", 1), ("klu", 0), ("klu", 1)]
+    loss, seed, _, run_dir, *_ = runs[3]
     args, module = reproduce.parse_setting_args("t", ["--arch", "cnn", "--seed", str(seed), "--root", str(tmp_path)],
                                                 kind=("text", "image"), default_arch="cnn")
     run_dir.mkdir(parents=True)
