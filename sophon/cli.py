@@ -140,10 +140,15 @@ def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = 
 def resolve_attacks(args, setting_name: str) -> None:
     """Parse and check --suite/--attacks/--seeds/--tune before any model or data is loaded."""
     from sophon.attack import AttackSpecError
+    from sophon.simulate import environments_from_specs
     from sophon.suites import attacks_from_args
 
     try:
         args.attack_list = {a.label: a for a in attacks_from_args(args, setting_name)}
+        if getattr(args, "simulate", ""):
+            if args.envs and args.attackers == "fixed":
+                fail("--simulate and --envs both name the fixed simulated attackers; drop one")
+            environments_from_specs(args.simulate, args.bs, args.adaptation_steps)
     except AttackSpecError as err:
         fail(str(err))
 

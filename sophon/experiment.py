@@ -24,7 +24,7 @@ from sophon.device import device_of
 from sophon.precision import Precision
 from sophon.protect import ProtectConfig, protect
 from sophon.settings import configs_of
-from sophon.simulate import AttackerDistribution, sample_environments
+from sophon.simulate import AttackerDistribution, environments_from_specs, sample_environments
 
 STARTS = ("normal", "sophon", "scratch")
 CACHE = "attack_cache"
@@ -47,7 +47,10 @@ def protect_config(args, setting_name: str) -> ProtectConfig:
     simulated attackers those fields name."""
     loop = build(LoopConfig, vars(args))
     sampled = loop.attackers == "sampled"
-    fixed = sample_environments(loop.envs, loop.bs, args.seed) if loop.envs and not sampled else None
+    if loop.simulate:
+        fixed = environments_from_specs(loop.simulate, loop.bs, loop.adaptation_steps)
+    else:
+        fixed = sample_environments(loop.envs, loop.bs, args.seed) if loop.envs and not sampled else None
     return ProtectConfig(**asdict(loop), seed=args.seed, environments=fixed,
                          distribution=attacker_distribution(args, setting_name) if sampled else None)
 

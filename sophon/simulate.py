@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from sophon.attack import AttackSpecError, parse_attacks
 from sophon.optim import make_optimizer
 from sophon.precision import of as precision_of, optimizer_step
 from sophon.probe import PROBE_RIDGE, probe_loss
@@ -58,6 +59,20 @@ def sample_environments(n: int, batch_size: int, seed: int) -> list[Environment]
         lr = math.exp(rng.uniform(math.log(low), math.log(high)))
         bs = max(2, int(batch_size * rng.choice([0.5, 1.0, 2.0])))
         envs.append(Environment(name, lr, bs))
+    return envs
+
+
+def environments_from_specs(text: str, batch_size: int, steps: int) -> list[Environment]:
+    """`--simulate`: fixed simulated attackers written as attack specs (optimizer[:lr][:bs=N]
+    [:method=head|benign]), e.g. "sgd:0.1,sgd-momentum:0.01"; bs defaults to the loop's, a benign
+    episode runs `steps` original-domain steps first. Epochs do not apply (the simulation runs K steps)."""
+    envs = []
+    for attack in parse_attacks(text, bs=batch_size):
+        if attack.method == "lora" or attack.schedule != "constant":
+            raise AttackSpecError(f"--simulate {attack.label!r}: the simulation runs full, head or benign attackers "
+                                  "at a constant lr; drop method=lora and schedule=")
+        envs.append(Environment(attack.optimizer, attack.lr, attack.bs, attack.method == "head",
+                                steps if attack.method == "benign" else 0))
     return envs
 
 

@@ -106,6 +106,8 @@ def test_sophon_start_without_path_is_refused(run, capsys):
     (["--attacks", "adam:1e-3:epoch=3"], "unknown part 'epoch=3'"),
     (["--dataset", "IMDBX"], "unknown --dataset 'IMDBX'"),
     (["--pretrained", "/nonexistent/model"], "/nonexistent/model"),
+    (["--simulate", "sgd:0.1,adam:1e-3:method=lora"], "drop method=lora"),
+    (["--simulate", "sgd:0.1", "--envs", "2"], "--simulate and --envs both name"),
 ])
 def test_user_errors_are_one_line_before_any_work(capsys, tmp_path, flags, words):
     line = _error_line(capsys, lambda: classification_main("test", ("ice",), SMALL + ["--root", str(tmp_path)] + flags))

@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 
 from sophon.losses import inverse_cross_entropy
-from sophon.simulate import Environment, Simulator, sample_environments
+from sophon.simulate import Environment, Simulator, environments_from_specs, sample_environments
 from sophon.task import split_batch
 from tests.toy import Headed, ToyTask
 
@@ -160,3 +160,29 @@ def test_anchor_keeps_the_fixed_attacker_beside_the_sampled_ones(monkeypatch):
     with tempfile.TemporaryDirectory() as d:
         P.protect(Headed(), ToyTask(), config, d)
     assert seen[0] == fixed and seen[2] == fixed and seen[1] != fixed and seen[3] != fixed
+
+
+def test_simulate_specs_become_the_fixed_attackers_of_every_fts_step(monkeypatch):
+    envs = environments_from_specs("sgd:0.1, sgd-momentum:0.01:bs=16, adam:1e-2:method=head, sgd:0.05:method=benign",
+                                   batch_size=8, steps=3)
+    assert envs == [Environment("sgd", 0.1, 8), Environment("sgd-momentum", 0.01, 16),
+                    Environment("adam", 0.01, 8, head_only=True), Environment("sgd", 0.05, 8, benign_steps=3)]
+
+    import argparse
+    import tempfile
+
+    from sophon import protect as P
+    from sophon.config import LoopConfig, field_names
+    from sophon.experiment import protect_config
+
+    args = argparse.Namespace(**{n: getattr(LoopConfig, n) for n in field_names((LoopConfig,))}, seed=0)
+    args.simulate, args.bs, args.total_loop, args.finetune_epochs, args.guard = "sgd:0.1,sgd-momentum:0.01", 8, 2, 0, 0
+    args.adaptation_steps, args.test_iterval = 1, 10
+    config = protect_config(args, "image")
+    seen = []
+    real = P.Simulator.suppression_gradient
+    monkeypatch.setattr(P.Simulator, "suppression_gradient",
+                        lambda self, model, env, g=None: seen.append(env) or real(self, model, env, g))
+    with tempfile.TemporaryDirectory() as d:
+        P.protect(Headed(), ToyTask(), config, d)
+    assert seen == [Environment("sgd", 0.1, 8), Environment("sgd-momentum", 0.01, 8)] * 2
