@@ -97,13 +97,21 @@ def test_sampled_attackers_differ_across_steps_and_repeat_under_the_same_seed():
         assert usual / 10 <= e.lr <= usual * 10
 
 
-def test_protect_draws_a_new_attacker_every_fts_step(monkeypatch):
+def _record_environments(monkeypatch) -> list:
+    """The environment of every suppression gradient the loop asks for, in order (the gradients still run)."""
     from sophon import protect as P
 
     seen = []
     real = P.Simulator.suppression_gradient
     monkeypatch.setattr(P.Simulator, "suppression_gradient",
                         lambda self, model, env, g=None: seen.append(env) or real(self, model, env, g))
+    return seen
+
+
+def test_protect_draws_a_new_attacker_every_fts_step(monkeypatch):
+    from sophon import protect as P
+
+    seen = _record_environments(monkeypatch)
     config = P.ProtectConfig(total_loop=4, test_iterval=10, adaptation_steps=2, bs=8, distribution=_distribution(),
                              envs=2, finetune_epochs=0, guard=0)
     import tempfile
@@ -150,10 +158,7 @@ def test_anchor_keeps_the_fixed_attacker_beside_the_sampled_ones(monkeypatch):
 
     from sophon import protect as P
 
-    seen = []
-    real = P.Simulator.suppression_gradient
-    monkeypatch.setattr(P.Simulator, "suppression_gradient",
-                        lambda self, model, env, g=None: seen.append(env) or real(self, model, env, g))
+    seen = _record_environments(monkeypatch)
     fixed = Environment("sgd", 0.1, 8)
     config = P.ProtectConfig(total_loop=2, test_iterval=10, adaptation_steps=1, bs=8, environments=[fixed],
                              distribution=_distribution(), envs=1, anchor=True, finetune_epochs=0, guard=0)
@@ -179,10 +184,7 @@ def test_simulate_specs_become_the_fixed_attackers_of_every_fts_step(monkeypatch
     args.simulate, args.bs, args.total_loop, args.finetune_epochs, args.guard = "sgd:0.1,sgd-momentum:0.01", 8, 2, 0, 0
     args.adaptation_steps, args.test_iterval = 1, 10
     config = protect_config(args, "image")
-    seen = []
-    real = P.Simulator.suppression_gradient
-    monkeypatch.setattr(P.Simulator, "suppression_gradient",
-                        lambda self, model, env, g=None: seen.append(env) or real(self, model, env, g))
+    seen = _record_environments(monkeypatch)
     with tempfile.TemporaryDirectory() as d:
         P.protect(Headed(), ToyTask(), config, d)
     assert seen == [Environment("sgd", 0.1, 8), Environment("sgd-momentum", 0.01, 8)] * 2
