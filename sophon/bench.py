@@ -11,6 +11,7 @@ peak.
     python -m sophon.bench --size gpt2 --precision bf16 --bs 16 --seq 1024   # on a GPU: MFU
     python -m sophon.bench --size cnn --processes 2 --envs 4  # 1 process vs 2 for the same work
     python -m sophon.bench --size cnn --bs 64 --adaptation_steps 10 --probe_weight 0.01   # the probe's cost
+    python -m sophon.bench --size cnn --bs 64 --simulate sgd:0.1,adam:0.01:method=head    # a simulated linear probe
 """
 
 import argparse
@@ -30,7 +31,7 @@ from sophon.config import LoopConfig
 from sophon.device import resolve_device
 from sophon.precision import PRECISIONS, Precision
 from sophon.protect import Protector, ProtectConfig
-from sophon.simulate import Environment
+from sophon.simulate import Environment, environments_from_specs
 from sophon.task import draw_batch, move
 
 TEXT = {"tiny-gpt2": dict(n_layer=4, n_embd=128, n_head=4, vocab_size=4096),
@@ -109,9 +110,10 @@ def measure(args) -> dict:
     device = resolve_device(args.device)
     model, task, examples = build(args.size, args.bs, args.seq, device)
     task.precision = Precision(args.precision, device)
+    environments = (environments_from_specs(args.simulate, args.bs, args.adaptation_steps) if args.simulate
+                    else [Environment("sgd", 1e-4, args.bs)] * args.envs)
     config = ProtectConfig(adaptation_steps=args.adaptation_steps, suppress_every=args.suppress_every, bs=args.bs,
-                           finetune_epochs=0, environments=[Environment("sgd", 1e-4, args.bs)] * args.envs,
-                           probe_weight=args.probe_weight)
+                           finetune_epochs=0, environments=environments, probe_weight=args.probe_weight)
     scratch = tempfile.TemporaryDirectory()  # the loop's run folder: the steps timed here write nothing
     protector = Protector(model, task, config, run_dir=scratch.name)
     outer = timed(lambda: (protector.fts_step(), protector.ntr_step()), args.iters, device)
@@ -139,7 +141,7 @@ def measure(args) -> dict:
     return {"size": args.size, "device": str(device), "card": torch.cuda.get_device_name(device)
             if device.type == "cuda" else "cpu", "precision": args.precision, "processes": distributed.world(),
             "threads": torch.get_num_threads(), "K": args.adaptation_steps, "envs": args.envs, "bs": args.bs,
-            "probe_weight": args.probe_weight,
+            "probe_weight": args.probe_weight, "simulate": args.simulate or None,
             "seq": args.seq if args.size in TEXT else None,
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "outer_iteration_s": outer, "plain_K+1_steps_s": step * (args.adaptation_steps + 1),
@@ -179,6 +181,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--envs", type=int, default=1, help="simulated environments per FTS step")
     p.add_argument("--probe_weight", type=float, default=0.0,
                    help="add the closed-form linear-probe attacker to every FTS step (classifiers only)")
+    p.add_argument("--simulate", default="", metavar="SPECS",
+                   help="the simulated attackers as attack specs, as the loop's flag (replaces --envs)")
     p.add_argument("--bs", type=int, default=LoopConfig.bs)
     p.add_argument("--seq", type=int, default=48, help="tokens per example (text sizes)")
     p.add_argument("--iters", type=int, default=5)
@@ -197,6 +201,13 @@ def main(argv=None) -> dict:
             parser().error(f"--{flag} must be at least 1")
     if args.probe_weight and args.size in DIFFUSION:
         parser().error("--probe_weight needs a classifier's head; the diffusion sizes have none")
+    if args.simulate:
+        try:
+            specs = environments_from_specs(args.simulate, args.bs, args.adaptation_steps)
+        except ValueError as e:
+            parser().error(str(e))
+        if any(e.head_only for e in specs) and args.size in DIFFUSION:
+            parser().error("--simulate method=head needs a classifier's head; the diffusion sizes have none")
     if args.processes > 1:
         keep = [a for i, a in enumerate(argv) if a != "--processes" and (i == 0 or argv[i - 1] != "--processes")
                 and not a.startswith("--processes=")]

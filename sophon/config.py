@@ -73,6 +73,9 @@ class LoopConfig:
                                  "every FTS step beside the sampled ones")
     probe_weight: float = option(0.0, "weight of the closed-form linear-probe attacker's suppression gradient, "
                                       "added to every FTS step (0: off; classification only)", at_least=0)
+    probe_support: int | None = option(None, "restricted examples the closed-form probe's head is fitted on "
+                                             "(default 2 x --bs; the attacker's probe sees the whole training set)",
+                                       above=0)
     guard: float = option(0.9, "stop when the original metric falls below this fraction of its start (0: off)",
                           at_least=0, below=1)
     guard_action: str = option("stop", "on crossing the guard, restore the last good state, then stop, or decay "

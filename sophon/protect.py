@@ -126,7 +126,8 @@ class Protector:
             if distributed.is_main():
                 with seeded(seed, self.task.device):
                     result = self.simulator.probe_gradient(self.model, self.config.bs,
-                                                           torch.Generator().manual_seed(seed))
+                                                           torch.Generator().manual_seed(seed),
+                                                           support_size=self.config.probe_support)
                 for i, (n, _) in enumerate(params):
                     if n in result.gradient:
                         grads[i] += self.config.probe_weight * len(envs) * result.gradient[n]

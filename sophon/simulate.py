@@ -106,6 +106,11 @@ class AttackerDistribution:
         return asdict(self)
 
 
+def _requires_grad(params: list[torch.Tensor], flag: bool) -> None:
+    for p in params:
+        p.requires_grad_(flag)
+
+
 def step_weights(steps: int, every: int = 1, late: float = 0.0) -> dict[int, float]:
     """Which inner steps k = 1..K give a suppression gradient, and its weight: every `every`-th step
     and always the last, weighted ∝ (k / K)^late (0: uniform), summing to 1."""
@@ -167,7 +172,8 @@ class Simulator:
         """A support and a query without a shared example: one draw without replacement, cut in two."""
         batch = move(draw_batch(self.task.restricted_train, support_size + query_size, generator), self.task.device)
         order = torch.arange(batch_size_of(batch))
-        n = min(support_size, len(order) - 1)
+        # A set smaller than both: the query keeps its size (at most all but one example), the support shrinks.
+        n = min(support_size, len(order) - min(query_size, len(order) - 1))
         return index_batch(batch, order[:n]), index_batch(batch, order[n:])
 
     def suppression_gradient(self, model: nn.Module, env: Environment,
@@ -182,8 +188,13 @@ class Simulator:
         params = dict(learner.named_parameters())
         shared = [params[n] for n in names]
         total = [torch.zeros_like(p) for p in shared]
+        frozen = []
         if env.head_only:
+            # A linear probe as the attack runs it: the body in eval mode (BatchNorm statistics kept), and the
+            # inner steps back-propagate into the head only; the body takes a gradient only at the query.
+            learner.eval()
             trainable = list(learner.get_submodule(self.task.head_prefix).parameters())
+            frozen = [p for p in shared if all(p is not t for t in trainable)]
         else:
             trainable = list(learner.parameters())
         optimizer = env.make(trainable)
@@ -191,9 +202,11 @@ class Simulator:
         for k in range(1, self.adaptation_steps + 1):
             support, query = self._support_and_query(env.batch_size, generator)
             optimizer.zero_grad(set_to_none=True)
+            _requires_grad(frozen, False)
             with precision.autocast():
                 loss = self.task.finetune_loss(learner, support)
             optimizer_step(loss, optimizer, scaler)
+            _requires_grad(frozen, True)
             finetune += loss.item()
             if k not in self.weights:
                 continue
@@ -211,11 +224,13 @@ class Simulator:
         gradient = dict(zip(names, total))
         return SimulationResult(gradient, suppression, finetune / self.adaptation_steps)
 
-    def probe_gradient(self, model: nn.Module, batch_size: int,
-                       generator: torch.Generator | None = None) -> SimulationResult:
+    def probe_gradient(self, model: nn.Module, batch_size: int, generator: torch.Generator | None = None,
+                       support_size: int | None = None) -> SimulationResult:
         """The gradient of the closed-form linear probe's suppression loss (sophon.probe) at θ's body:
-        the head is fitted on 2 × `batch_size` restricted examples and judged on a disjoint query."""
-        support, query = self._disjoint(2 * batch_size, self.query_bs or batch_size, generator or self.generator)
+        the head is fitted on `support_size` (default 2 × `batch_size`) restricted examples and judged on
+        a disjoint query of `query_bs` (default `batch_size`)."""
+        support, query = self._disjoint(support_size or 2 * batch_size, self.query_bs or batch_size,
+                                        generator or self.generator)
         learner = self.task.learner(model)
         learner.eval()  # a linear probe keeps the body as it is, BatchNorm statistics included
         names = self.shared_names(model, learner)

@@ -49,3 +49,21 @@ def test_bench_times_the_probe_attacker_and_refuses_it_without_a_head(monkeypatc
     with pytest.raises(SystemExit) as err:
         bench.main(["--size", "unet-tiny", "--probe_weight", "0.01"])
     assert err.value.code == 2
+
+
+def test_bench_times_the_simulated_attackers_it_is_given(monkeypatch):
+    from sophon import protect
+
+    seen = []
+    real = protect.Simulator.suppression_gradient
+    monkeypatch.setattr(protect.Simulator, "suppression_gradient",
+                        lambda self, model, env, *a, **k: seen.append(env) or real(self, model, env, *a, **k))
+    result = bench.main(["--size", "cnn", "--iters", "1", "--bs", "4", "--adaptation_steps", "1", "--device", "cpu",
+                         "--simulate", "sgd:0.1,adam:0.01:bs=2:method=head", "--json"])
+    assert result["simulate"] == "sgd:0.1,adam:0.01:bs=2:method=head"
+    assert {(e.optimizer, e.lr, e.batch_size, e.head_only) for e in seen} == {("sgd", 0.1, 4, False),
+                                                                              ("adam", 0.01, 2, True)}
+    for bad in ("sgd:0.1:method=lora", "adam:1e-4:method=head"):
+        with pytest.raises(SystemExit) as err:
+            bench.main(["--size", "unet-tiny" if "head" in bad else "cnn", "--simulate", bad])
+        assert err.value.code == 2

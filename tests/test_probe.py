@@ -85,3 +85,20 @@ def test_probe_weight_adds_the_probe_to_every_fts_step(monkeypatch):
         assert ("probe_loss" in logged) == (weight > 0)
     assert len(calls) == 3
     assert not torch.allclose(finals[0.0], finals[0.5])
+
+
+def test_probe_support_sets_how_many_examples_the_head_is_fitted_on(monkeypatch):
+    """--probe_support N: the ridge head sees N examples (default 2 × bs); on a set too small for both, the
+    query keeps its size and the support takes the rest."""
+    from sophon import probe
+
+    seen = []
+    real = probe.ridge_head
+    monkeypatch.setattr(probe, "ridge_head", lambda f, *a, **k: seen.append(len(f)) or real(f, *a, **k))
+    queries = []
+    real_loss = ToyTask.suppression_loss
+    monkeypatch.setattr(ToyTask, "suppression_loss", lambda self, l, b: queries.append(len(b[0])) or real_loss(self, l, b))
+    sim = Simulator(ToyTask(hidden=3), 1, query_bs=8)  # 64 restricted training examples
+    for support in (None, 40, 60):
+        sim.probe_gradient(Headed(), 16, torch.Generator().manual_seed(0), support_size=support)
+    assert seen == [32, 40, 56] and queries == [8, 8, 8]

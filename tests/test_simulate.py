@@ -1,5 +1,8 @@
+import copy
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sophon.losses import inverse_cross_entropy
 from sophon.simulate import Environment, Simulator, environments_from_specs, sample_environments
@@ -45,6 +48,53 @@ def test_first_order_gradient_matches_hand_computation():
     names = ["body.weight", "body.bias", "head.weight", "head.bias"]
     for name, expected in zip(names, total):
         torch.testing.assert_close(result.gradient[name], expected / steps)
+
+
+class NormedHeaded(nn.Module):
+    """A body with BatchNorm, whose running statistics differ from any batch's."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+        self.head = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.body[1].running_mean.fill_(0.5)
+            self.body[1].running_var.fill_(2.0)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_head_only_attacker_is_a_linear_probe_of_the_frozen_body():
+    """As the attack's method=head: the body in eval mode, only the fresh head moves; the body's
+    gradient is the suppression loss's at each probed head, replayed here by hand."""
+    task, model, lr, steps = ToyTask(), NormedHeaded(), 0.5, 3
+    model.train()
+    torch.manual_seed(5)
+    sim = Simulator(task, steps, query_fraction=0.25, generator=torch.Generator().manual_seed(7))
+    result = sim.suppression_gradient(model, Environment("sgd", lr, 8, head_only=True))
+
+    torch.manual_seed(5)
+    head = nn.Linear(3, 2)  # the learner's fresh head, drawn from the same global state
+    body = copy.deepcopy(model.body).eval()
+    g = torch.Generator().manual_seed(7)
+    x_all, y_all = task.restricted_train.tensors
+    total = {n: torch.zeros_like(p) for n, p in body.named_parameters()}
+    for _ in range(steps):
+        idx = torch.randperm(len(x_all), generator=g)[:8]
+        support, query = split_batch((x_all[idx], y_all[idx]), 0.25, g)
+        with torch.no_grad():
+            features = body(support[0])
+        w, b = head.weight.detach().requires_grad_(), head.bias.detach().requires_grad_()
+        gw, gb = torch.autograd.grad(F.cross_entropy(features @ w.T + b, support[1]), (w, b))
+        head.weight.data, head.bias.data = w - lr * gw, b - lr * gb
+        grads = torch.autograd.grad(inverse_cross_entropy(head(body(query[0])), query[1]), list(body.parameters()))
+        for (n, _), gr in zip(body.named_parameters(), grads):
+            total[n] += gr / steps
+    assert set(result.gradient) == {f"body.{n}" for n in total}
+    for n, expected in total.items():
+        torch.testing.assert_close(result.gradient[f"body.{n}"], expected)
+    assert model.training and torch.equal(model.body[1].running_mean, torch.full((3,), 0.5))
 
 
 def test_fresh_head_gets_no_outer_gradient_and_theta_is_untouched():
