@@ -110,8 +110,7 @@ def measure(args) -> dict:
     device = resolve_device(args.device)
     model, task, examples = build(args.size, args.bs, args.seq, device)
     task.precision = Precision(args.precision, device)
-    environments = (environments_from_specs(args.simulate, args.bs, args.adaptation_steps) if args.simulate
-                    else [Environment("sgd", 1e-4, args.bs)] * args.envs)
+    environments = args.environments or [Environment("sgd", 1e-4, args.bs)] * args.envs
     config = ProtectConfig(adaptation_steps=args.adaptation_steps, suppress_every=args.suppress_every, bs=args.bs,
                            finetune_epochs=0, environments=environments, probe_weight=args.probe_weight)
     scratch = tempfile.TemporaryDirectory()  # the loop's run folder: the steps timed here write nothing
@@ -201,12 +200,13 @@ def main(argv=None) -> dict:
             parser().error(f"--{flag} must be at least 1")
     if args.probe_weight and args.size in DIFFUSION:
         parser().error("--probe_weight needs a classifier's head; the diffusion sizes have none")
+    args.environments = None  # the --simulate attackers, parsed once here
     if args.simulate:
         try:
-            specs = environments_from_specs(args.simulate, args.bs, args.adaptation_steps)
+            args.environments = environments_from_specs(args.simulate, args.bs, args.adaptation_steps)
         except ValueError as e:
             parser().error(str(e))
-        if any(e.head_only for e in specs) and args.size in DIFFUSION:
+        if any(e.head_only for e in args.environments) and args.size in DIFFUSION:
             parser().error("--simulate method=head needs a classifier's head; the diffusion sizes have none")
     if args.processes > 1:
         keep = [a for i, a in enumerate(argv) if a != "--processes" and (i == 0 or argv[i - 1] != "--processes")

@@ -194,7 +194,7 @@ class Simulator:
             # inner steps back-propagate into the head only; the body takes a gradient only at the query.
             learner.eval()
             trainable = list(learner.get_submodule(self.task.head_prefix).parameters())
-            frozen = [p for p in shared if all(p is not t for t in trainable)]
+            frozen = shared  # θ's own parameters: everything but the fresh head
         else:
             trainable = list(learner.parameters())
         optimizer = env.make(trainable)
