@@ -112,7 +112,8 @@ def measure(args) -> dict:
     task.precision = Precision(args.precision, device)
     environments = args.environments or [Environment("sgd", 1e-4, args.bs)] * args.envs
     config = ProtectConfig(adaptation_steps=args.adaptation_steps, suppress_every=args.suppress_every, bs=args.bs,
-                           finetune_epochs=0, environments=environments, probe_weight=args.probe_weight)
+                           finetune_epochs=0, environments=environments, probe_weight=args.probe_weight,
+                           probe_support=args.probe_support)
     scratch = tempfile.TemporaryDirectory()  # the loop's run folder: the steps timed here write nothing
     protector = Protector(model, task, config, run_dir=scratch.name)
     outer = timed(lambda: (protector.fts_step(), protector.ntr_step()), args.iters, device)
@@ -140,7 +141,7 @@ def measure(args) -> dict:
     return {"size": args.size, "device": str(device), "card": torch.cuda.get_device_name(device)
             if device.type == "cuda" else "cpu", "precision": args.precision, "processes": distributed.world(),
             "threads": torch.get_num_threads(), "K": args.adaptation_steps, "envs": args.envs, "bs": args.bs,
-            "probe_weight": args.probe_weight, "simulate": args.simulate or None,
+            "probe_weight": args.probe_weight, "probe_support": args.probe_support, "simulate": args.simulate or None,
             "seq": args.seq if args.size in TEXT else None,
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "outer_iteration_s": outer, "plain_K+1_steps_s": step * (args.adaptation_steps + 1),
@@ -180,6 +181,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--envs", type=int, default=1, help="simulated environments per FTS step")
     p.add_argument("--probe_weight", type=float, default=0.0,
                    help="add the closed-form linear-probe attacker to every FTS step (classifiers only)")
+    p.add_argument("--probe_support", type=int, default=None,
+                   help="restricted examples the probe's head is fitted on, as the loop's flag (default 2 x bs)")
     p.add_argument("--simulate", default="", metavar="SPECS",
                    help="the simulated attackers as attack specs, as the loop's flag (replaces --envs)")
     p.add_argument("--bs", type=int, default=LoopConfig.bs)
@@ -200,6 +203,8 @@ def main(argv=None) -> dict:
             parser().error(f"--{flag} must be at least 1")
     if args.probe_weight and args.size in DIFFUSION:
         parser().error("--probe_weight needs a classifier's head; the diffusion sizes have none")
+    if args.probe_support is not None and (args.probe_support < 1 or not args.probe_weight):
+        parser().error("--probe_support must be at least 1 and needs --probe_weight")
     args.environments = None  # the --simulate attackers, parsed once here
     if args.simulate:
         try:

@@ -130,8 +130,9 @@ def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = 
     if values.get("probe_weight") and setting.NAME == "diffusion":
         fail("--probe_weight simulates a linear probe of a classifier's features; the diffusion setting has no "
              "head to probe: drop it")
-    if "probe_support" in given and not values.get("probe_weight"):
-        fail("--probe_support sizes the closed-form probe, which is off: add --probe_weight W (e.g. 0.005)")
+    for flag in ("probe_support", "probe_ridge"):
+        if flag in given and not values.get("probe_weight"):
+            fail(f"--{flag} shapes the closed-form probe, which is off: add --probe_weight W (e.g. 0.08)")
     args = argparse.Namespace(**values)
     # --suite replaces the preset's --attacks, not attacks the user asked for (sophon.suites).
     args.attacks_given = "attacks" in given or bool(saved.get("attacks_given"))

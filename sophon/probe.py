@@ -21,9 +21,6 @@ from sophon.task import Batch
 # Ridge predictions of one-hot targets lie around [0, 1]; as logits they are scaled so that a probe that
 # fits perfectly is confident (a gap of 10 is p = 0.9995 over 10 classes), as a trained softmax head is.
 LOGIT_SCALE = 10.0
-# The ridge penalty relative to the features' mean eigenvalue: a probe that generalises rather than one that
-# interpolates its few examples, as a softmax head trained for a few epochs does.
-PROBE_RIDGE = 0.1
 
 
 def ridge_head(features: torch.Tensor, labels: torch.Tensor, classes: int, ridge: float,

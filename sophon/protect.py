@@ -127,7 +127,8 @@ class Protector:
                 with seeded(seed, self.task.device):
                     result = self.simulator.probe_gradient(self.model, self.config.bs,
                                                            torch.Generator().manual_seed(seed),
-                                                           support_size=self.config.probe_support)
+                                                           support_size=self.config.probe_support,
+                                                           ridge=self.config.probe_ridge)
                 for i, (n, _) in enumerate(params):
                     if n in result.gradient:
                         grads[i] += self.config.probe_weight * len(envs) * result.gradient[n]

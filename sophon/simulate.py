@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from sophon.attack import AttackSpecError, parse_attacks
+from sophon.config import LoopConfig
 from sophon.optim import make_optimizer
 from sophon.precision import of as precision_of, optimizer_step
-from sophon.probe import PROBE_RIDGE, probe_loss
+from sophon.probe import probe_loss
 from sophon.task import Task, batch_size_of, draw_batch, index_batch, move, split_batch
 from sophon.train import benign_phase
 
@@ -225,10 +226,10 @@ class Simulator:
         return SimulationResult(gradient, suppression, finetune / self.adaptation_steps)
 
     def probe_gradient(self, model: nn.Module, batch_size: int, generator: torch.Generator | None = None,
-                       support_size: int | None = None) -> SimulationResult:
+                       support_size: int | None = None, ridge: float = LoopConfig.probe_ridge) -> SimulationResult:
         """The gradient of the closed-form linear probe's suppression loss (sophon.probe) at θ's body:
-        the head is fitted on `support_size` (default 2 × `batch_size`) restricted examples and judged on
-        a disjoint query of `query_bs` (default `batch_size`)."""
+        the head is fitted on `support_size` (default 2 × `batch_size`) restricted examples with penalty
+        `ridge` and judged on a disjoint query of `query_bs` (default `batch_size`)."""
         support, query = self._disjoint(support_size or 2 * batch_size, self.query_bs or batch_size,
                                         generator or self.generator)
         learner = self.task.learner(model)
@@ -236,7 +237,7 @@ class Simulator:
         names = self.shared_names(model, learner)
         params = dict(learner.named_parameters())
         with precision_of(self.task).autocast():
-            loss = probe_loss(self.task, learner, support, query, PROBE_RIDGE)
+            loss = probe_loss(self.task, learner, support, query, ridge)
         grads = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
         gradient = {k: g for k, g in zip(names, grads) if g is not None}
         return SimulationResult(gradient, loss.item(), 0.0)

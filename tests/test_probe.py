@@ -87,6 +87,22 @@ def test_probe_weight_adds_the_probe_to_every_fts_step(monkeypatch):
     assert not torch.allclose(finals[0.0], finals[0.5])
 
 
+def test_probe_ridge_reaches_the_fitted_head_from_the_loop(monkeypatch):
+    """--probe_ridge is the penalty the loop's probe is fitted with (default: the config's)."""
+    from sophon import probe, protect as P
+
+    seen = []
+    real = probe.ridge_head
+    monkeypatch.setattr(probe, "ridge_head", lambda f, y, c, ridge, *a: seen.append(ridge) or real(f, y, c, ridge, *a))
+    for ridge in (None, 0.02):
+        extra = {} if ridge is None else {"probe_ridge": ridge}
+        config = P.ProtectConfig(total_loop=1, test_iterval=10, adaptation_steps=1, bs=8, finetune_epochs=0,
+                                 guard=0, probe_weight=0.5, **extra)
+        with tempfile.TemporaryDirectory() as d:
+            P.protect(Headed(), ToyTask(), config, d)
+    assert seen == [P.ProtectConfig.probe_ridge, 0.02] and seen[0] != 0.02
+
+
 def test_probe_support_sets_how_many_examples_the_head_is_fitted_on(monkeypatch):
     """--probe_support N: the ridge head sees N examples (default 2 × bs); on a set too small for both, the
     query keeps its size and the support takes the rest."""

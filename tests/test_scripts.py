@@ -108,7 +108,9 @@ def test_sophon_start_without_path_is_refused(run, capsys):
     (["--pretrained", "/nonexistent/model"], "/nonexistent/model"),
     (["--simulate", "sgd:0.1,adam:1e-3:method=lora"], "drop method=lora"),
     (["--simulate", "sgd:0.1", "--envs", "2"], "--simulate and --envs both name"),
-    (["--probe_support", "100"], "--probe_support sizes the closed-form probe, which is off"),
+    (["--probe_support", "100"], "--probe_support shapes the closed-form probe, which is off"),
+    (["--probe_ridge", "0.01"], "--probe_ridge shapes the closed-form probe, which is off"),
+    (["--probe_weight", "0.01", "--probe_ridge", "0"], "--probe_ridge must be greater than 0"),
     (["--probe_weight", "0.01", "--probe_support", "0"], "--probe_support must be greater than 0"),
 ])
 def test_user_errors_are_one_line_before_any_work(capsys, tmp_path, flags, words):
