@@ -70,11 +70,12 @@ PRESETS = {
     # The simulation of the best variant measured (README, issue 11; 3 SOPHON seeds per loss): 100 simulated steps,
     # the attacks' whole horizon (300 digits, batch 32, 10 epochs), with the suppression gradient every 10th
     # weighted toward late ones, a closed-form linear probe (its gradient is ~100x the simulated attacker's, hence a
-    # weight below 1) fitted on 236 of the 300 digits, and a second NTR step per iteration that keeps the original
-    # domain above the guard. About 12.5 min per run on 2 cores. K = 40 held 5.7 of 9 separating attacks under ICE,
-    # K = 100 8.0; the probe weight 0.08 (from 0.005) lifted KLU from 6.0 to 7.3 and the worst P from 0.48 to 0.80.
+    # weight below 1) whose ridge head is fitted on 236 of the 300 digits with a strong penalty, and a second NTR
+    # step per iteration that keeps the original domain above the guard. About 12.5 min per run on 2 cores. K = 40
+    # held 5.7 of 9 separating attacks under ICE, K = 100 8.0; the probe weight 0.08 (from 0.005) lifted KLU from
+    # 6.0 to 7.3 held, and the ridge penalty 1 (from 0.1) the linear probe's P by 0.03-0.04 at every ICE seed.
     "cnn": dict(_EMBEDDED, img_size=28, adaptation_steps=100, suppress_every=10, late_weight=1.0, probe_weight=0.08,
-                probe_support=236, nl_loop=2),
+                probe_support=236, probe_ridge=1.0, nl_loop=2),
     # About 40x the cnn's compute per image: fewer original examples, shorter loop and attacks.
     "res18": dict(_EMBEDDED, original_size=5000, test_size=1000, bs=32, total_loop=60, adaptation_steps=3,
                   test_iterval=30, truly_finetune_epochs=5, pretrain_epochs=3),
