@@ -76,6 +76,8 @@ class LoopConfig:
     probe_support: int | None = option(None, "restricted examples the closed-form probe's head is fitted on "
                                              "(default 2 x --bs; the attacker's probe sees the whole training set)",
                                        above=0)
+    # In units of the features' mean variance, so it does not depend on their scale; large enough that the head
+    # generalises rather than interpolates its few examples, as a softmax head trained for a few epochs does.
     probe_ridge: float = option(0.1, "the closed-form probe's ridge penalty, in units of its features' mean variance "
                                      "(smaller: a head that fits its examples more tightly)", above=0)
     guard: float = option(0.9, "stop when the original metric falls below this fraction of its start (0: off)",

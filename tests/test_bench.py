@@ -42,7 +42,8 @@ def test_bench_times_the_probe_attacker_and_refuses_it_without_a_head(monkeypatc
 
     calls = []
     real = protect.Simulator.probe_gradient
-    monkeypatch.setattr(protect.Simulator, "probe_gradient", lambda self, *a, **k: calls.append(k.get("support_size")) or real(self, *a, **k))
+    monkeypatch.setattr(protect.Simulator, "probe_gradient",
+                        lambda self, *a, **k: calls.append(k.get("support_size")) or real(self, *a, **k))
     result = bench.main(["--size", "cnn", "--iters", "1", "--bs", "4", "--adaptation_steps", "1", "--device", "cpu",
                          "--probe_weight", "0.01", "--probe_support", "6", "--json"])
     assert result["probe_weight"] == 0.01 and result["probe_support"] == 6 and calls and set(calls) == {6}
