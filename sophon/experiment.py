@@ -150,19 +150,39 @@ def run_attacks(models: dict, task, attacks: dict[str, Attack], seeds: list[int]
     return curves
 
 
-def judge(curves: dict, task, attacks: dict[str, Attack], originals: dict, title: str) -> dict:
-    """The results.json object: rows, verdicts and worst case for every protected start."""
+def separation_curves(args, models: dict, task, attacks: dict[str, Attack], curves: dict) -> dict | None:
+    """`--separation_seeds N` (> --seeds): normal's and scratch's curves over seeds --seed .. --seed+N-1, the
+    first --seeds of them those already in `curves`; None when it is off or a start is missing."""
+    n = getattr(args, "separation_seeds", None) or args.seeds
+    if n <= args.seeds or not {"normal", "scratch"} <= set(models):
+        return None
+    extra = [args.seed + i for i in range(args.seeds, n)]
+    both = {start: models[start] for start in ("normal", "scratch")}
+    more = run_attacks(both, task, attacks, extra, Path(args.root) / CACHE)
+    return {start: {a: curves[start][a] + more[start][a] for a in attacks} for start in both}
+
+
+def judge(curves: dict, task, attacks: dict[str, Attack], originals: dict, title: str,
+          separation: dict | None = None) -> dict:
+    """The results.json object: rows, verdicts and worst case for every protected start; `separation`
+    (normal's and scratch's curves over more seeds) decides which attacks separate them, and its rows are
+    kept as `separation_rows`."""
     metric, higher = task.restricted_metric, task.restricted_higher_is_better
-    rows = report.summarise_rows(curves, {n: a.label for n, a in attacks.items()}, metric, higher, originals)
+    specs = {n: a.label for n, a in attacks.items()}
+    rows = report.summarise_rows(curves, specs, metric, higher, originals)
+    wide = report.summarise_rows(separation, specs, metric, higher) if separation else None
     protected = [s for s in curves if s not in ("normal", "scratch")]
     verdicts, worst = [], {}
     if "normal" in curves and "scratch" in curves:
         for start in protected:
-            mine = V.judge(rows, start, higher)
+            mine = V.judge(rows, start, higher, wide)
             verdicts += mine
             worst[start] = V.worst_case(mine)
-    return {"title": title, "metric": metric, "higher_is_better": higher, "rows": rows, "verdicts": verdicts,
-            "worst": worst}
+    out = {"title": title, "metric": metric, "higher_is_better": higher, "rows": rows, "verdicts": verdicts,
+           "worst": worst}
+    if wide:
+        out["separation_rows"] = wide
+    return out
 
 
 def evaluate(args, task, setting, out_dir: Path, models: dict, attacks: dict[str, Attack], title: str,
@@ -177,7 +197,8 @@ def evaluate(args, task, setting, out_dir: Path, models: dict, attacks: dict[str
             model.eval()
             originals[start] = task.evaluate_original(model)
     curves = run_attacks(models, task, attacks, seeds, Path(args.root) / CACHE, artifacts, out_dir)
-    result = judge(curves, task, attacks, originals, title)
+    wide = separation_curves(args, models, task, attacks, curves)
+    result = judge(curves, task, attacks, originals, title, wide)
     result["seeds"] = seeds
     if not distributed.is_main():
         return result

@@ -34,6 +34,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--setting", default="all", choices=(*SETTINGS, "all"))
     p.add_argument("--suite", default="standard", choices=SUITE_NAMES)
     p.add_argument("--seeds", type=int, default=AttackConfig.seeds, help="attack seeds per attack")
+    p.add_argument("--separation_seeds", type=int, default=None,
+                   help="attack seeds of normal and scratch that decide whether an attack separates them "
+                        "(default: --seeds); P keeps --seeds")
     p.add_argument("--tune", type=int, default=DEFAULT_TUNE, help="Optuna trials of the tuned attacker (0: off)")
     p.add_argument("--root", default=RunConfig.root)
     p.add_argument("--device", default=RunConfig.device)
@@ -107,7 +110,9 @@ def _tuned(args, task, setting: str, model, run_dir: Path, trials: int) -> Attac
 def _argv(setting: str, opts) -> tuple[list[str], list[str]]:
     """(the setting's flags, the flags every step shares)."""
     common = ["--root", opts.root, "--device", opts.device] + (["--data_root", opts.data_root] if opts.data_root else [])
-    return ["--arch", SETTINGS[setting][0], "--suite", opts.suite, "--seeds", str(opts.seeds)] + common, common
+    seeds = ["--seeds", str(opts.seeds)] + (["--separation_seeds", str(opts.separation_seeds)]
+                                            if opts.separation_seeds else [])
+    return ["--arch", SETTINGS[setting][0], "--suite", opts.suite] + seeds + common, common
 
 
 def plan(setting: str, opts) -> list[tuple]:
@@ -170,6 +175,9 @@ def summary_lines(setting: str, result: dict) -> list[str]:
     originals = {r["start"]: r["original"] for r in result["rows"] if r["original"]}
     suite = result.get("suite") or result["title"].rsplit("suite ", 1)[-1]
     runs = f"{suite}, {len(result.get('seeds', []))} seeds"
+    wide = result.get("separation_rows")
+    if wide:
+        runs += f" (separation: {min(r['seeds'] for r in wide)})"
     for start, worst in result["worst"].items():
         normal, mine = originals.get("normal", {}), originals.get(start, {})
         key = next(iter(normal), None)
@@ -237,10 +245,10 @@ def main(argv=None) -> Path:
     opts = parser().parse_args(argv)
     if opts.seeds < 1 or opts.tune < 0 or opts.protect_seeds < 1:
         parser().error("--seeds and --protect_seeds must be at least 1, --tune at least 0")
+    settings = list(SETTINGS) if opts.setting == "all" else [opts.setting]
+    runs = {setting: plan(setting, opts) for setting in settings}  # a bad flag or a stale run stops here
     out = Path(opts.root) / "tables"
     out.mkdir(parents=True, exist_ok=True)
-    settings = list(SETTINGS) if opts.setting == "all" else [opts.setting]
-    runs = {setting: plan(setting, opts) for setting in settings}
     for setting in settings:
         run_setting(setting, opts, runs[setting])
     if distributed.is_main():

@@ -112,6 +112,7 @@ def test_sophon_start_without_path_is_refused(run, capsys):
     (["--probe_ridge", "0.01"], "--probe_ridge shapes the closed-form probe, which is off"),
     (["--probe_weight", "0.01", "--probe_ridge", "0"], "--probe_ridge must be greater than 0"),
     (["--probe_weight", "0.01", "--probe_support", "0"], "--probe_support must be greater than 0"),
+    (["--separation_seeds", "1"], "--separation_seeds 1 is fewer than --seeds 2"),
 ])
 def test_user_errors_are_one_line_before_any_work(capsys, tmp_path, flags, words):
     line = _error_line(capsys, lambda: classification_main("test", ("ice",), SMALL + ["--root", str(tmp_path)] + flags))

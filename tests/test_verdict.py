@@ -48,19 +48,24 @@ def test_verdicts(separating, p, expected):
     assert V.verdict(separating, p) == expected
 
 
+class Task:
+    restricted_metric, restricted_higher_is_better = "accuracy", True
+
+
+ATTACKS = {"a": Attack("sgd", 0.1), "b": Attack("adam", 1e-3)}
+
+
+def _curves():
+    return {"normal": {"a": [curve(0.1, 0.9), curve(0.1, 0.92), curve(0.1, 0.88)],
+                       "b": [curve(0.1, 0.7), curve(0.1, 0.4), curve(0.1, 0.5)]},
+            "sophon": {"a": [curve(0.1, 0.7), curve(0.1, 0.72), curve(0.1, 0.68)],
+                       "b": [curve(0.1, 0.5), curve(0.1, 0.45), curve(0.1, 0.55)]},
+            "scratch": {"a": [curve(0.1, 0.5), curve(0.1, 0.52), curve(0.1, 0.48)],
+                        "b": [curve(0.1, 0.5), curve(0.1, 0.55), curve(0.1, 0.45)]}}
+
+
 def _result(tmp_path):
-    attacks = {"a": Attack("sgd", 0.1), "b": Attack("adam", 1e-3)}
-    curves = {"normal": {"a": [curve(0.1, 0.9), curve(0.1, 0.92), curve(0.1, 0.88)],
-                         "b": [curve(0.1, 0.6), curve(0.1, 0.4), curve(0.1, 0.5)]},
-              "sophon": {"a": [curve(0.1, 0.7), curve(0.1, 0.72), curve(0.1, 0.68)],
-                         "b": [curve(0.1, 0.5), curve(0.1, 0.45), curve(0.1, 0.55)]},
-              "scratch": {"a": [curve(0.1, 0.5), curve(0.1, 0.52), curve(0.1, 0.48)],
-                          "b": [curve(0.1, 0.5), curve(0.1, 0.55), curve(0.1, 0.45)]}}
-
-    class Task:
-        restricted_metric, restricted_higher_is_better = "accuracy", True
-
-    result = judge(curves, Task, attacks, {"normal": {"accuracy": 0.86}, "sophon": {"accuracy": 0.85}}, "t")
+    result = judge(_curves(), Task, ATTACKS, {"normal": {"accuracy": 0.86}, "sophon": {"accuracy": 0.85}}, "t")
     text = report.write_results(tmp_path, "results", result)
     return result, text
 
@@ -100,3 +105,45 @@ def test_curves_png_has_one_panel_per_attack(tmp_path):
     assert width > 4 * 300 and height > 2 * 250  # a 4 x 2 grid of readable panels
     assert not math.isnan(V.curve_summary(curve(0.1, 0.5, 0.4), "accuracy", True)["auc"])
     assert V.curve_summary(curve(0.1, 0.5, 0.4), "accuracy", True) == {"final": 0.4, "best": 0.5, "auc": 0.45}
+
+
+def test_more_seeds_of_normal_and_scratch_decide_separation(tmp_path):
+    # `a` separates at the 3 shared seeds only by luck: 7 more seeds of normal spread from 10 to 95 %.
+    # `b` does not at 3 seeds, and does at 10 once normal's steady lead shows.
+    more = {"normal": {"a": [0.1, 0.95, 0.2, 0.9, 0.15, 0.3, 0.1], "b": [0.6, 0.58, 0.61, 0.59, 0.6, 0.62, 0.6]},
+            "scratch": {"a": [0.5, 0.45, 0.55, 0.5, 0.52, 0.48, 0.5], "b": [0.45, 0.46, 0.44, 0.45, 0.47, 0.45, 0.46]}}
+    curves = _curves()
+    wide = {s: {a: curves[s][a] + [curve(0.1, x) for x in xs] for a, xs in by.items()} for s, by in more.items()}
+    before = {v["attack"]: v for v in judge(curves, Task, ATTACKS, {}, "t")["verdicts"]}
+    assert before["a"]["separates"] and not before["b"]["separates"]
+    judged = judge(curves, Task, ATTACKS, {}, "t", wide)
+    by = {v["attack"]: v for v in judged["verdicts"]}
+    assert not by["a"]["separates"] and by["a"]["verdict"] == "no separation"
+    assert by["b"]["separates"] and by["b"]["separation_seeds"] == 10 and by["b"]["seeds"] == 3
+    # P still compares the 3 seeds every start shares (normal 0.533, SOPHON 0.5, scratch 0.5: P 1, held).
+    assert by["b"]["protection"] == pytest.approx(1.0) and by["b"]["verdict"] == "held"
+    assert {r["seeds"] for r in judged["separation_rows"]} == {10}
+    assert "over 10 attack seeds each" in report.results_markdown(judged)
+
+
+def test_separation_seeds_attack_only_normal_and_scratch_on_the_added_seeds(monkeypatch):
+    from types import SimpleNamespace
+
+    from sophon import experiment
+
+    calls = []
+
+    def fake(models, task, attacks, seeds, cache_dir=None, artifacts=None, out_dir=None):
+        calls.append((sorted(models), seeds))
+        return {s: {a: [curve(0.1, 0.5)] * len(seeds) for a in attacks} for s in models}
+
+    monkeypatch.setattr(experiment, "run_attacks", fake)
+    models = {"normal": None, "sophon": None, "scratch": None}
+    shared = {s: {"a": [curve(0.1, 0.7)] * 3} for s in models}
+    args = SimpleNamespace(seed=5, seeds=3, separation_seeds=8, root="unused")
+    wide = experiment.separation_curves(args, models, None, {"a": Attack("sgd", 0.1)}, shared)
+    assert calls == [(["normal", "scratch"], [8, 9, 10, 11, 12])]
+    assert sorted(wide) == ["normal", "scratch"] and len(wide["normal"]["a"]) == 8
+    assert wide["normal"]["a"][:3] == shared["normal"]["a"]  # the shared seeds come first
+    args.separation_seeds = 3
+    assert experiment.separation_curves(args, models, None, {"a": Attack("sgd", 0.1)}, shared) is None
