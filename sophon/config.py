@@ -96,9 +96,9 @@ class AttackConfig:
     suite: str | None = option(None, "a named attack suite (README); replaces the preset's --attacks, adds any given",
                                choices=SUITE_NAMES)
     seeds: int = option(3, "attack seeds per attack", above=0)
-    separation_seeds: int | None = option(None, "attack seeds of normal and scratch that decide whether an attack "
-                                                "separates them (at least --seeds; P keeps --seeds)", above=0,
-                                          metavar="N")
+    separation_seeds: int | None = option(None, "attack seeds of normal and scratch on every attack, and of every "
+                                                "start on the attacks that separate them (at least --seeds)",
+                                          above=0, metavar="N")
     tune: int = option(0, "Optuna trials of the tuned attacker, run first and added as the row 'tuned' (0: off)",
                        at_least=0, metavar="N")
     truly_finetune_epochs: int = option(5, "epochs of the final fine-tuning attack", above=0)

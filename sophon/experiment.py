@@ -150,39 +150,46 @@ def run_attacks(models: dict, task, attacks: dict[str, Attack], seeds: list[int]
     return curves
 
 
-def separation_curves(args, models: dict, task, attacks: dict[str, Attack], curves: dict) -> dict | None:
-    """`--separation_seeds N` (> --seeds): normal's and scratch's curves over seeds --seed .. --seed+N-1, the
-    first --seeds of them those already in `curves`; None when it is off or a start is missing."""
+def more_seeds(args, models: dict, task, attacks: dict[str, Attack], curves: dict) -> dict:
+    """`--separation_seeds N` (> --seeds): `curves` with normal and scratch attacked by seeds --seed+--seeds ..
+    --seed+N-1 as well, on every attack, and every other start by those seeds on the attacks that then
+    separate normal from scratch. An attack whose runs sometimes diverge can pass Welch's test at 3 seeds
+    by chance, and a verdict on it needs more than 3 seeds of the protected model too."""
     n = getattr(args, "separation_seeds", None) or args.seeds
     if n <= args.seeds or not {"normal", "scratch"} <= set(models):
-        return None
-    extra = [args.seed + i for i in range(args.seeds, n)]
-    both = {start: models[start] for start in ("normal", "scratch")}
-    more = run_attacks(both, task, attacks, extra, Path(args.root) / CACHE)
-    return {start: {a: curves[start][a] + more[start][a] for a in attacks} for start in both}
+        return curves
+    extra, cache = [args.seed + i for i in range(args.seeds, n)], Path(args.root) / CACHE
+    out = {start: dict(by) for start, by in curves.items()}
 
+    def add(starts: list[str], chosen: dict[str, Attack]) -> None:
+        more = run_attacks({s: models[s] for s in starts}, task, chosen, extra, cache)
+        for s in starts:
+            for a in chosen:
+                out[s][a] = curves[s][a] + more[s][a]
 
-def judge(curves: dict, task, attacks: dict[str, Attack], originals: dict, title: str,
-          separation: dict | None = None) -> dict:
-    """The results.json object: rows, verdicts and worst case for every protected start; `separation`
-    (normal's and scratch's curves over more seeds) decides which attacks separate them, and its rows are
-    kept as `separation_rows`."""
+    add(["normal", "scratch"], attacks)
     metric, higher = task.restricted_metric, task.restricted_higher_is_better
-    specs = {n: a.label for n, a in attacks.items()}
-    rows = report.summarise_rows(curves, specs, metric, higher, originals)
-    wide = report.summarise_rows(separation, specs, metric, higher) if separation else None
+    final = lambda start, a: [V.curve_summary(c, metric, higher)["final"] for c in out[start][a]]
+    separating = {a: at for a, at in attacks.items() if V.separates(final("normal", a), final("scratch", a), higher)}
+    others = [s for s in models if s not in ("normal", "scratch")]
+    if separating and others:
+        add(others, separating)
+    return out
+
+
+def judge(curves: dict, task, attacks: dict[str, Attack], originals: dict, title: str) -> dict:
+    """The results.json object: rows, verdicts and worst case for every protected start."""
+    metric, higher = task.restricted_metric, task.restricted_higher_is_better
+    rows = report.summarise_rows(curves, {n: a.label for n, a in attacks.items()}, metric, higher, originals)
     protected = [s for s in curves if s not in ("normal", "scratch")]
     verdicts, worst = [], {}
     if "normal" in curves and "scratch" in curves:
         for start in protected:
-            mine = V.judge(rows, start, higher, wide)
+            mine = V.judge(rows, start, higher)
             verdicts += mine
             worst[start] = V.worst_case(mine)
-    out = {"title": title, "metric": metric, "higher_is_better": higher, "rows": rows, "verdicts": verdicts,
-           "worst": worst}
-    if wide:
-        out["separation_rows"] = wide
-    return out
+    return {"title": title, "metric": metric, "higher_is_better": higher, "rows": rows, "verdicts": verdicts,
+            "worst": worst}
 
 
 def evaluate(args, task, setting, out_dir: Path, models: dict, attacks: dict[str, Attack], title: str,
@@ -197,9 +204,10 @@ def evaluate(args, task, setting, out_dir: Path, models: dict, attacks: dict[str
             model.eval()
             originals[start] = task.evaluate_original(model)
     curves = run_attacks(models, task, attacks, seeds, Path(args.root) / CACHE, artifacts, out_dir)
-    wide = separation_curves(args, models, task, attacks, curves)
-    result = judge(curves, task, attacks, originals, title, wide)
+    curves = more_seeds(args, models, task, attacks, curves)
+    result = judge(curves, task, attacks, originals, title)
     result["seeds"] = seeds
+    result["separation_seeds"] = max(getattr(args, "separation_seeds", None) or 0, len(seeds))
     if not distributed.is_main():
         return result
     text = report.write_results(out_dir, stem, result)

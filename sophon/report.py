@@ -66,11 +66,11 @@ def results_markdown(result: dict) -> str:
     lines += ["", f"Restricted test {metric}{unit} after each attack, final epoch, mean ± std over seeds "
               f"({'higher' if higher else 'lower'} is better for the attacker). P = (normal − SOPHON) / "
               "(normal − scratch): 1 = no better than scratch, 0 = no protection.", ""]
-    wide = result.get("separation_rows")
-    if wide:
-        lines[-1:-1] = [f"An attack separates normal from scratch when Welch's 95 % interval of their difference "
-                        f"excludes 0 over {min(r['seeds'] for r in wide)} attack seeds each (`--separation_seeds`); "
-                        "P and the other columns use the seeds every start shares."]
+    wide, shared = result.get("separation_seeds") or 0, len(result.get("seeds", []))
+    if wide > shared:
+        lines[-1:-1] = [f"Normal and scratch ran {wide} attack seeds on every attack (`--separation_seeds`), the other "
+                        f"starts {wide} on the attacks that separate them and {shared} on the rest; every number uses "
+                        "all the seeds of its start."]
     for start in [s for s in starts if s not in ("normal", "scratch")]:
         verdicts = [v for v in result["verdicts"] if v["start"] == start]
         # Worst case first: separating attacks by rising P, then the rest.

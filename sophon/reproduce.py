@@ -35,8 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="standard", choices=SUITE_NAMES)
     p.add_argument("--seeds", type=int, default=AttackConfig.seeds, help="attack seeds per attack")
     p.add_argument("--separation_seeds", type=int, default=None,
-                   help="attack seeds of normal and scratch that decide whether an attack separates them "
-                        "(default: --seeds); P keeps --seeds")
+                   help="attack seeds of normal and scratch on every attack, and of every start on the attacks "
+                        "that separate them (default: --seeds)")
     p.add_argument("--tune", type=int, default=DEFAULT_TUNE, help="Optuna trials of the tuned attacker (0: off)")
     p.add_argument("--root", default=RunConfig.root)
     p.add_argument("--device", default=RunConfig.device)
@@ -175,9 +175,8 @@ def summary_lines(setting: str, result: dict) -> list[str]:
     originals = {r["start"]: r["original"] for r in result["rows"] if r["original"]}
     suite = result.get("suite") or result["title"].rsplit("suite ", 1)[-1]
     runs = f"{suite}, {len(result.get('seeds', []))} seeds"
-    wide = result.get("separation_rows")
-    if wide:
-        runs += f" (separation: {min(r['seeds'] for r in wide)})"
+    if (result.get("separation_seeds") or 0) > len(result.get("seeds", [])):
+        runs += f" ({result['separation_seeds']} where normal and scratch separate)"
     for start, worst in result["worst"].items():
         normal, mine = originals.get("normal", {}), originals.get(start, {})
         key = next(iter(normal), None)

@@ -107,43 +107,46 @@ def test_curves_png_has_one_panel_per_attack(tmp_path):
     assert V.curve_summary(curve(0.1, 0.5, 0.4), "accuracy", True) == {"final": 0.4, "best": 0.5, "auc": 0.45}
 
 
-def test_more_seeds_of_normal_and_scratch_decide_separation(tmp_path):
-    # `a` separates at the 3 shared seeds only by luck: 7 more seeds of normal spread from 10 to 95 %.
+def test_more_seeds_of_normal_and_scratch_decide_separation():
+    # `a` separates at 3 seeds only by luck: 7 more seeds of normal spread from 10 to 95 %.
     # `b` does not at 3 seeds, and does at 10 once normal's steady lead shows.
     more = {"normal": {"a": [0.1, 0.95, 0.2, 0.9, 0.15, 0.3, 0.1], "b": [0.6, 0.58, 0.61, 0.59, 0.6, 0.62, 0.6]},
             "scratch": {"a": [0.5, 0.45, 0.55, 0.5, 0.52, 0.48, 0.5], "b": [0.45, 0.46, 0.44, 0.45, 0.47, 0.45, 0.46]}}
     curves = _curves()
-    wide = {s: {a: curves[s][a] + [curve(0.1, x) for x in xs] for a, xs in by.items()} for s, by in more.items()}
     before = {v["attack"]: v for v in judge(curves, Task, ATTACKS, {}, "t")["verdicts"]}
     assert before["a"]["separates"] and not before["b"]["separates"]
-    judged = judge(curves, Task, ATTACKS, {}, "t", wide)
-    by = {v["attack"]: v for v in judged["verdicts"]}
+    for start, by in more.items():
+        for attack, finals in by.items():
+            curves[start][attack] += [curve(0.1, x) for x in finals]
+    by = {v["attack"]: v for v in judge(curves, Task, ATTACKS, {}, "t")["verdicts"]}
     assert not by["a"]["separates"] and by["a"]["verdict"] == "no separation"
     assert by["b"]["separates"] and by["b"]["separation_seeds"] == 10 and by["b"]["seeds"] == 3
-    # P still compares the 3 seeds every start shares (normal 0.533, SOPHON 0.5, scratch 0.5: P 1, held).
-    assert by["b"]["protection"] == pytest.approx(1.0) and by["b"]["verdict"] == "held"
-    assert {r["seeds"] for r in judged["separation_rows"]} == {10}
-    assert "over 10 attack seeds each" in report.results_markdown(judged)
+    # P uses every seed of each start: normal's 10 (mean 0.58), SOPHON's 3 (0.5), scratch's 10 (0.468).
+    assert by["b"]["protection"] == pytest.approx((0.58 - 0.5) / (0.58 - 0.468))
 
 
-def test_separation_seeds_attack_only_normal_and_scratch_on_the_added_seeds(monkeypatch):
+def test_separation_seeds_add_seeds_to_every_start_where_normal_and_scratch_separate(monkeypatch):
     from types import SimpleNamespace
 
     from sophon import experiment
 
     calls = []
+    level = {"normal": {"a": 0.9, "b": 0.5}, "scratch": {"a": 0.1, "b": 0.5}, "sophon": {"a": 0.2, "b": 0.3}}
 
     def fake(models, task, attacks, seeds, cache_dir=None, artifacts=None, out_dir=None):
-        calls.append((sorted(models), seeds))
-        return {s: {a: [curve(0.1, 0.5)] * len(seeds) for a in attacks} for s in models}
+        calls.append((sorted(models), sorted(attacks), seeds))
+        return {s: {a: [curve(0.1, level[s][a] + 0.01 * k) for k in range(len(seeds))] for a in attacks}
+                for s in models}
 
     monkeypatch.setattr(experiment, "run_attacks", fake)
     models = {"normal": None, "sophon": None, "scratch": None}
-    shared = {s: {"a": [curve(0.1, 0.7)] * 3} for s in models}
+    shared = {s: {a: [curve(0.1, level[s][a] - 0.01 * k) for k in range(3)] for a in ATTACKS} for s in models}
     args = SimpleNamespace(seed=5, seeds=3, separation_seeds=8, root="unused")
-    wide = experiment.separation_curves(args, models, None, {"a": Attack("sgd", 0.1)}, shared)
-    assert calls == [(["normal", "scratch"], [8, 9, 10, 11, 12])]
-    assert sorted(wide) == ["normal", "scratch"] and len(wide["normal"]["a"]) == 8
-    assert wide["normal"]["a"][:3] == shared["normal"]["a"]  # the shared seeds come first
+    wide = experiment.more_seeds(args, models, Task, ATTACKS, shared)
+    # a separates (0.9 against 0.1), b does not (0.5 against 0.5): SOPHON gets the added seeds on a only.
+    assert calls == [(["normal", "scratch"], ["a", "b"], [8, 9, 10, 11, 12]), (["sophon"], ["a"], [8, 9, 10, 11, 12])]
+    assert [len(wide[s]["a"]) for s in models] == [8, 8, 8] and [len(wide[s]["b"]) for s in models] == [8, 3, 8]
+    assert wide["sophon"]["a"][:3] == shared["sophon"]["a"]  # the shared seeds come first
+    calls.clear()
     args.separation_seeds = 3
-    assert experiment.separation_curves(args, models, None, {"a": Attack("sgd", 0.1)}, shared) is None
+    assert experiment.more_seeds(args, models, Task, ATTACKS, shared) is shared and not calls
