@@ -203,11 +203,12 @@ def evaluate(args, task, setting, out_dir: Path, models: dict, attacks: dict[str
         if start != "scratch":
             model.eval()
             originals[start] = task.evaluate_original(model)
-    curves = run_attacks(models, task, attacks, seeds, Path(args.root) / CACHE, artifacts, out_dir)
-    curves = more_seeds(args, models, task, attacks, curves)
+    shared = run_attacks(models, task, attacks, seeds, Path(args.root) / CACHE, artifacts, out_dir)
+    curves = more_seeds(args, models, task, attacks, shared)
     result = judge(curves, task, attacks, originals, title)
     result["seeds"] = seeds
-    result["separation_seeds"] = max(getattr(args, "separation_seeds", None) or 0, len(seeds))
+    # Without normal and scratch among the starts no seed was added, and the table must not say otherwise.
+    result["separation_seeds"] = len(seeds) if curves is shared else args.separation_seeds
     if not distributed.is_main():
         return result
     text = report.write_results(out_dir, stem, result)
