@@ -133,7 +133,7 @@ def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = 
     for flag in ("probe_support", "probe_ridge"):
         if flag in given and not values.get("probe_weight"):
             fail(f"--{flag} shapes the closed-form probe, which is off: add --probe_weight W (e.g. 0.08)")
-    if (values.get("separation_seeds") or values.get("seeds", 1)) < values.get("seeds", 1):
+    if values.get("separation_seeds") and values["separation_seeds"] < values["seeds"]:
         fail(f"--separation_seeds {values['separation_seeds']} is fewer than --seeds {values['seeds']}: the "
              "separation test reuses the attack seeds and adds more; give at least that many")
     args = argparse.Namespace(**values)
