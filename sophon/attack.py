@@ -3,7 +3,8 @@ domain. The same function fine-tunes the normal, the SOPHON and the from-scratch
 so the rows of a result table differ only in where they start.
 
 An attack is written as a spec, `optimizer[:lr][:key=value...]`, e.g.
-`adam:1e-4:method=lora:epochs=20` or `sgd-momentum:1e-3:bs=8:schedule=warmup-cosine`.
+`adam:1e-4:method=lora:epochs=20` or `sgd-momentum:1e-3:bs=8:schedule=warmup-cosine`. A benign-first
+attack may train its original-domain phase with another optimizer: `sgd-momentum:1e-2:benign=adam/1e-3`.
 """
 
 import math
@@ -21,7 +22,7 @@ from sophon.train import benign_phase
 from sophon.task import Task, move
 
 METHODS = ("full", "head", "lora", "benign")
-SPEC_KEYS = ("lr", "bs", "epochs", "method", "schedule")
+SPEC_KEYS = ("lr", "bs", "epochs", "method", "schedule", "benign")
 LORA_RANK = 8
 
 
@@ -37,9 +38,23 @@ class Attack:
     epochs: int = 5
     method: str = "full"  # full | head (linear probe) | lora (peft adapters + head) | benign (original data first)
     schedule: str = "constant"  # constant | cosine | warmup-cosine
+    # The benign phase's optimizer and lr, "adam/0.001"; None: the attack's own. It tells apart what the
+    # original-domain phase undoes from what the restricted-domain optimizer does.
+    benign: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # Without a benign optimizer the dict is the one attacks had before the field: cached cells keep their keys.
+        values = asdict(self)
+        if self.benign is None:
+            del values["benign"]
+        return values
+
+    @property
+    def benign_optimizer(self) -> tuple[str, float]:
+        if self.benign is None:
+            return self.optimizer, self.lr
+        name, lr = self.benign.split("/")
+        return name, float(lr)
 
     @property
     def label(self) -> str:
@@ -49,6 +64,8 @@ class Attack:
             text += f":method={self.method}"
         if self.schedule != "constant":
             text += f":schedule={self.schedule}"
+        if self.benign is not None:
+            text += f":benign={self.benign}"
         return text
 
 
@@ -82,13 +99,28 @@ def parse_attack(spec: str, lr: float | None = None, bs: int = 32, epochs: int =
             values[key] = _number(float, value, "learning rate", spec)
         elif key in ("bs", "epochs"):
             values[key] = _number(int, value, key, spec)
+        elif key == "benign":
+            values[key] = _benign(value, spec)
         else:
             choices = METHODS if key == "method" else SCHEDULES
             if value not in choices:
                 raise AttackSpecError(f"unknown {key} {value!r} in attack {spec!r}; choose one of {', '.join(choices)}")
             values[key] = value
+    if "benign" in values:
+        if values.setdefault("method", "benign") != "benign":
+            raise AttackSpecError(f"attack {spec!r}: benign= names the optimizer of a benign-first attack; "
+                                  "drop method= or write method=benign")
     base = Attack(name, lr if lr is not None else USUAL_LR[name], bs, epochs)
     return replace(base, **values)
+
+
+def _benign(value: str, spec: str) -> str:
+    """`benign=OPTIMIZER/LR`, in canonical form. The lr is required: the usual one depends on the setting."""
+    name, sep, lr = value.partition("/")
+    if name not in OPTIMIZERS or not sep:
+        raise AttackSpecError(f"benign={value!r} in attack {spec!r}: write benign=OPTIMIZER/LR, e.g. benign=adam/1e-3, "
+                              f"with OPTIMIZER one of {', '.join(OPTIMIZERS)}")
+    return f"{name}/{_number(float, lr, 'benign learning rate', spec):g}"
 
 
 def parse_attacks(text: str, lr_for=None, bs: int = 32, epochs: int = 5) -> list[Attack]:
@@ -159,7 +191,7 @@ def finetune(model: nn.Module, task: Task, attack: Attack, seed: int = 0, progre
         generator = torch.Generator().manual_seed(seed)
         per_epoch = _steps_per_epoch(len(task.restricted_train), attack.bs)
         total = attack.epochs * per_epoch
-        start = (benign_phase(model, task, attack.optimizer, attack.lr, attack.bs, total, generator)
+        start = (benign_phase(model, task, *attack.benign_optimizer, attack.bs, total, generator)
                  if attack.method == "benign" else model)
         learner = task.learner(start)
         if attack.method == "lora":

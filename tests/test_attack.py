@@ -14,6 +14,19 @@ def test_spec_with_keys_round_trips_through_its_label():
     assert parse_attack(a.label) == a
 
 
+def test_a_benign_optimizer_makes_a_benign_first_attack_and_round_trips():
+    a = parse_attack("sgd-momentum:0.01:bs=32:epochs=10:benign=adam/0.001")
+    assert (a.method, a.benign, a.benign_optimizer) == ("benign", "adam/0.001", ("adam", 1e-3))
+    assert parse_attack(a.label) == a
+    assert parse_attack("adam:1e-3:method=benign").benign_optimizer == ("adam", 1e-3)
+
+
+def test_an_attack_without_a_benign_optimizer_keeps_its_cache_key():
+    # Cells cached before the field existed hash Attack.to_dict(); it must not grow a key for them.
+    assert set(Attack().to_dict()) == {"optimizer", "lr", "bs", "epochs", "method", "schedule"}
+    assert parse_attack("sgd:benign=adam/1e-3").to_dict()["benign"] == "adam/0.001"
+
+
 def test_spec_defaults_come_from_the_caller():
     a, b = parse_attacks("sgd-momentum:bs=8, adam", lr_for={"sgd-momentum": 0.05, "adam": 3e-4}.get, bs=32, epochs=4)
     assert (a.lr, a.bs, a.epochs) == (0.05, 8, 4)
@@ -30,6 +43,10 @@ def test_spec_defaults_come_from_the_caller():
     ("adam:method=probe", "unknown method 'probe'"),
     ("adam:schedule=linear", "unknown schedule 'linear'"),
     ("adam:lr=1e-3:lr=1e-4", "sets lr twice"),
+    ("sgd:benign=adma/1e-3", "write benign=OPTIMIZER/LR"),
+    ("sgd:benign=adam", "write benign=OPTIMIZER/LR"),
+    ("sgd:benign=adam/-1", "benign learning rate must be positive"),
+    ("sgd:method=head:benign=adam/1e-3", "drop method= or write method=benign"),
     ("", "no attack given"),
 ])
 def test_bad_specs_are_refused_with_the_choices(spec, message):
@@ -116,6 +133,18 @@ def test_benign_first_touches_original_data():
     calls.clear()
     _attack_and_capture("full", task=task)
     assert calls == []
+
+
+def test_the_benign_phase_trains_with_its_own_optimizer(monkeypatch):
+    import sophon.attack as attack_module
+
+    seen = []
+    real = attack_module.benign_phase
+    monkeypatch.setattr(attack_module, "benign_phase",
+                        lambda model, task, name, lr, *rest: seen.append((name, lr)) or real(model, task, name, lr, *rest))
+    for spec in ("sgd-momentum:0.01:epochs=1:benign=adam/0.001", "sgd-momentum:0.01:epochs=1:method=benign"):
+        finetune(Headed(), ToyTask(), parse_attack(spec), seed=0, progress=False)
+    assert seen == [("adam", 1e-3), ("sgd-momentum", 0.01)]
 
 
 def test_a_seeded_attack_repeats_exactly_and_leaves_the_global_rng_alone():

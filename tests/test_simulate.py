@@ -1,9 +1,11 @@
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sophon.attack import AttackSpecError
 from sophon.losses import inverse_cross_entropy
 from sophon.simulate import Environment, Simulator, environments_from_specs, sample_environments
 from sophon.task import split_batch
@@ -215,6 +217,12 @@ def test_anchor_keeps_the_fixed_attacker_beside_the_sampled_ones(monkeypatch):
     with tempfile.TemporaryDirectory() as d:
         P.protect(Headed(), ToyTask(), config, d)
     assert seen[0] == fixed and seen[2] == fixed and seen[1] != fixed and seen[3] != fixed
+
+
+@pytest.mark.parametrize("spec", ["adam:1e-3:method=lora", "sgd:schedule=cosine", "sgd:benign=adam/1e-3"])
+def test_simulate_refuses_what_it_cannot_run(spec):
+    with pytest.raises(AttackSpecError, match="drop method=lora, schedule= and benign="):
+        environments_from_specs(spec, batch_size=8, steps=3)
 
 
 def test_simulate_specs_become_the_fixed_attackers_of_every_fts_step(monkeypatch):
