@@ -106,10 +106,9 @@ def parse_attack(spec: str, lr: float | None = None, bs: int = 32, epochs: int =
             if value not in choices:
                 raise AttackSpecError(f"unknown {key} {value!r} in attack {spec!r}; choose one of {', '.join(choices)}")
             values[key] = value
-    if "benign" in values:
-        if values.setdefault("method", "benign") != "benign":
-            raise AttackSpecError(f"attack {spec!r}: benign= names the optimizer of a benign-first attack; "
-                                  "drop method= or write method=benign")
+    if "benign" in values and values.setdefault("method", "benign") != "benign":
+        raise AttackSpecError(f"attack {spec!r}: benign= names the optimizer of a benign-first attack; "
+                              "drop method= or write method=benign")
     base = Attack(name, lr if lr is not None else USUAL_LR[name], bs, epochs)
     return replace(base, **values)
 
