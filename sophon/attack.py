@@ -5,6 +5,8 @@ so the rows of a result table differ only in where they start.
 An attack is written as a spec, `optimizer[:lr][:key=value...]`, e.g.
 `adam:1e-4:method=lora:epochs=20` or `sgd-momentum:1e-3:bs=8:schedule=warmup-cosine`. A benign-first
 attack may train its original-domain phase with another optimizer: `sgd-momentum:1e-2:benign=adam/1e-3`.
+`rescale=1` first gives every BatchNorm-fed channel its default-init norm (`sophon.rescale`): the same
+function, without any step-size trap hidden in the weights' scale.
 """
 
 import math
@@ -17,12 +19,13 @@ from tqdm.auto import tqdm
 
 from sophon.optim import OPTIMIZERS, SCHEDULES, USUAL_LR, make_optimizer, make_schedule
 from sophon.precision import of as precision_of, optimizer_step
+from sophon.rescale import require_pairs, rescaled
 from sophon.rng import seeded
 from sophon.train import benign_phase
 from sophon.task import Task, move
 
 METHODS = ("full", "head", "lora", "benign")
-SPEC_KEYS = ("lr", "bs", "epochs", "method", "schedule", "benign")
+SPEC_KEYS = ("lr", "bs", "epochs", "method", "schedule", "benign", "rescale")
 LORA_RANK = 8
 
 
@@ -41,12 +44,16 @@ class Attack:
     # The benign phase's optimizer and lr, "adam/0.001"; None: the attack's own. It tells apart what the
     # original-domain phase undoes from what the restricted-domain optimizer does.
     benign: str | None = None
+    # Put every BatchNorm-fed channel back to its default-init norm before anything else (sophon.rescale).
+    rescale: bool = False
 
     def to_dict(self) -> dict:
-        # Without a benign optimizer the dict is the one attacks had before the field: cached cells keep their keys.
+        # Fields at their defaults stay out of the dict, as before they existed: cached cells keep their keys.
         values = asdict(self)
         if self.benign is None:
             del values["benign"]
+        if not self.rescale:
+            del values["rescale"]
         return values
 
     @property
@@ -66,6 +73,8 @@ class Attack:
             text += f":schedule={self.schedule}"
         if self.benign is not None:
             text += f":benign={self.benign}"
+        if self.rescale:
+            text += ":rescale=1"
         return text
 
 
@@ -101,6 +110,10 @@ def parse_attack(spec: str, lr: float | None = None, bs: int = 32, epochs: int =
             values[key] = _number(int, value, key, spec)
         elif key == "benign":
             values[key] = _benign(value, spec)
+        elif key == "rescale":
+            if value not in ("0", "1"):
+                raise AttackSpecError(f"rescale={value!r} in attack {spec!r}: write rescale=1 (or 0)")
+            values[key] = value == "1"
         else:
             choices = METHODS if key == "method" else SCHEDULES
             if value not in choices:
@@ -172,6 +185,12 @@ def trainable(learner: nn.Module, task: Task, method: str) -> list[nn.Parameter]
     return [p for p in learner.parameters() if p.requires_grad]
 
 
+def check_fits(model: nn.Module, attacks) -> None:
+    """Refuse, before any long work, an attack this model cannot take."""
+    if any(a.rescale for a in attacks):
+        require_pairs(model, "rescale=1")
+
+
 def _steps_per_epoch(n: int, bs: int) -> int:
     return -(-n // bs)
 
@@ -190,6 +209,8 @@ def finetune(model: nn.Module, task: Task, attack: Attack, seed: int = 0, progre
         generator = torch.Generator().manual_seed(seed)
         per_epoch = _steps_per_epoch(len(task.restricted_train), attack.bs)
         total = attack.epochs * per_epoch
+        if attack.rescale:
+            model = rescaled(model)
         start = (benign_phase(model, task, *attack.benign_optimizer, attack.bs, total, generator)
                  if attack.method == "benign" else model)
         learner = task.learner(start)

@@ -80,6 +80,9 @@ class LoopConfig:
     # generalises rather than interpolates its few examples, as a softmax head trained for a few epochs does.
     probe_ridge: float = option(0.1, "the closed-form probe's ridge penalty, in units of its features' mean variance "
                                      "(smaller: a head that fits its examples more tightly)", above=0)
+    canonical_scale: bool = option(False, "after every step, give each BatchNorm-fed channel of the model its "
+                                          "default-init weight norm (the same function), so that the protection "
+                                          "cannot rest on weight scale (models with BatchNorm; README)")
     guard: float = option(0.9, "stop when the original metric falls below this fraction of its start (0: off)",
                           at_least=0, below=1)
     guard_action: str = option("stop", "on crossing the guard, restore the last good state, then stop, or decay "

@@ -18,11 +18,12 @@ from tqdm.auto import tqdm
 
 from sophon import checkpoint, distributed, report
 from sophon import verdict as V
-from sophon.attack import Attack, finetune
+from sophon.attack import Attack, check_fits, finetune
 from sophon.config import LoopConfig, build, field_names
 from sophon.device import device_of
 from sophon.precision import Precision
 from sophon.protect import ProtectConfig, protect
+from sophon.rescale import require_pairs
 from sophon.settings import configs_of
 from sophon.simulate import AttackerDistribution, environments_from_specs, sample_environments
 
@@ -251,6 +252,10 @@ def protect_model(args, loss: str, setting, run_dir: Path | None = None, resume:
     file leaves nothing behind."""
     task = build_task(args, setting, loss)
     normal = setting.build_model(args, "normal")
+    # Before SOPHON's long run (and its run folder), not after it.
+    check_fits(normal, getattr(args, "attack_list", {}).values())
+    if getattr(args, "canonical_scale", False):
+        require_pairs(normal, "--canonical_scale")
     protected = setting.build_model(args, "normal")
     run_dir = run_dir or new_run_dir(args, loss)
     if distributed.is_main():
@@ -305,6 +310,7 @@ def finetune_test(args, setting, start: str, path: str | None, loss: str = "ice"
              "scratch": lambda: setting.build_model(args, "scratch"),
              "sophon": lambda: load_protected(args, setting, path)}
     models = {s: build[s]() for s in STARTS if s == start or (args.tune and (s != "sophon" or path))}
+    check_fits(models[start], args.attack_list.values())
     run_dir = new_run_dir(args, "finetune_test")
     write_args(run_dir, args, setting)
     attacks = with_tuned(args, task, setting.NAME, models[start], args.attack_list)

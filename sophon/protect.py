@@ -20,6 +20,7 @@ from sophon import checkpoint, distributed
 from sophon.attack import Attack, finetune
 from sophon.config import LoopConfig, RunConfig
 from sophon.precision import of as precision_of
+from sophon.rescale import require_pairs, rescale_
 from sophon.rng import draw_seed, seeded
 from sophon.simulate import AttackerDistribution, Environment, Simulator
 from sophon.task import Task, batch_size_of, draw_batch, index_batch, move
@@ -85,6 +86,9 @@ class Protector:
         self.ntr_scaler = self.precision.scaler()
         self.simulator = Simulator(task, config.adaptation_steps, config.query_fraction, self.generator,
                                    config.suppress_every, config.late_weight, config.query_bs)
+        # --canonical_scale: the BatchNorm-fed channels θ is kept at default-init norm on (README, rescale=1).
+        self.scale_pairs = require_pairs(model, "--canonical_scale") if config.canonical_scale else []
+        self.canonicalise()
         self.iteration = 0
         self.reference: dict[str, float] = {}  # original metrics before SOPHON
         self.good_state = copy.deepcopy(model.state_dict())
@@ -149,6 +153,7 @@ class Protector:
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.grad is not None], CLIP_NORM)
         self.fts_opt.step()
+        self.canonicalise()
         return {"suppression_loss": suppression, "finetune_loss": finetune_loss, "fts_grad_norm": float(grad_norm),
                 **record}
 
@@ -178,7 +183,13 @@ class Protector:
             raise NonFiniteLossError(f"original-domain loss is {loss.item()}")
         self.ntr_scaler.step(self.ntr_opt)
         self.ntr_scaler.update()
+        self.canonicalise()
         return {"original_loss": loss.item()}
+
+    def canonicalise(self) -> None:
+        """The same function at default-init channel norms: what an attacker's rescale=1 does first."""
+        if self.scale_pairs:
+            rescale_(self.model, self.scale_pairs)
 
     def evaluate(self) -> dict:
         """Evaluated by the main process alone (the others wait), then shared: the guard decides alike."""

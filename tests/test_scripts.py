@@ -184,3 +184,16 @@ def test_the_probe_attacker_outside_classification_is_refused(capsys, tmp_path):
         "test", "dos", ["--arch", "unet-tiny", "--probe_weight", "0.01", "--root", str(tmp_path)]))
     assert "--probe_weight simulates a linear probe" in line
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--canonical_scale"], "--canonical_scale needs a layer whose output feeds only a BatchNorm"),
+    (["--attacks", "sgd:rescale=1"], "rescale=1 needs a layer whose output feeds only a BatchNorm"),
+])
+def test_batchnorm_options_on_a_model_without_batchnorm_are_one_line_before_any_work(run, capsys, tmp_path, flags,
+                                                                                      words):
+    _, model, _ = run
+    line = _error_line(capsys, lambda: classification_main(
+        "test", ("ice",), SMALL + ["--pretrained", str(model), "--root", str(tmp_path)] + flags))
+    assert words in line
+    assert not any(tmp_path.iterdir())  # no run folder: refused before SOPHON started
