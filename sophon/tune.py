@@ -11,15 +11,18 @@ from tqdm.auto import tqdm
 
 from sophon.attack import METHODS, Attack, finetune
 from sophon.optim import OPTIMIZERS, SCHEDULES
+from sophon.rescale import scale_invariant_pairs
 from sophon.suites import HAS_HEAD, usual_lr
 
 
 def search(model, task, setting: str, trials: int, bs: int, epochs: int, budget: int, seed: int = 0,
            lr_scale: float = 1.0) -> tuple[Attack, optuna.Study]:
     """(best attack, study). lr is searched log-uniformly over two decades either side of the
-    optimizer's usual lr; epochs up to 3x the preset's, every trial within `budget` steps."""
+    optimizer's usual lr; epochs up to 3x the preset's, every trial within `budget` steps; `rescale=1`
+    too where the model has BatchNorm-fed layers (a free move that undoes a weight-scale trap)."""
     metric = task.restricted_metric
     methods = [m for m in METHODS if m != "head" or HAS_HEAD[setting]]
+    can_rescale = bool(scale_invariant_pairs(model))
 
     def attack_of(params: dict) -> Attack:
         lr = usual_lr(setting, params["optimizer"], lr_scale) * 10 ** params["lr_decades"]
@@ -27,7 +30,7 @@ def search(model, task, setting: str, trials: int, bs: int, epochs: int, budget:
         per_epoch = -(-len(task.restricted_train) // params["bs"])
         epochs_in_budget = max(1, min(params["epochs"], budget // per_epoch))
         return Attack(params["optimizer"], float(f"{lr:.3g}"), params["bs"], epochs_in_budget, params["method"],
-                      params["schedule"])
+                      params["schedule"], rescale=params.get("rescale", False))
 
     def objective(trial: optuna.Trial) -> float:
         params = {"optimizer": trial.suggest_categorical("optimizer", OPTIMIZERS),
@@ -36,6 +39,8 @@ def search(model, task, setting: str, trials: int, bs: int, epochs: int, budget:
                   "epochs": trial.suggest_categorical("epochs", sorted({epochs, 2 * epochs, 3 * epochs})),
                   "method": trial.suggest_categorical("method", methods),
                   "schedule": trial.suggest_categorical("schedule", SCHEDULES)}
+        if can_rescale:  # only where it applies: a model without BatchNorm gets the same trials as before
+            params["rescale"] = trial.suggest_categorical("rescale", [False, True])
         curve = finetune(model, task, attack_of(params), seed=seed + 7919 * (trial.number + 1), progress=False)
         return curve[-1][metric]
 

@@ -119,3 +119,12 @@ def test_canonical_scale_refuses_a_model_without_batchnorm(tmp_path):
 
     with pytest.raises(ValueError, match="--canonical_scale needs a layer"):
         protect(Headed(), ToyTask(), ProtectConfig(total_loop=1, canonical_scale=True), tmp_path)
+
+
+def test_the_tuned_attacker_searches_rescale_only_where_it_applies():
+    from sophon.tune import search
+
+    for model, expected in ((NormHeaded(), True), (Headed(hidden=8), False)):
+        best, study = search(model, ToyTask(hidden=8), "image", trials=2, bs=16, epochs=1, budget=8)
+        assert ("rescale" in study.best_params) is expected
+        assert best.rescale == study.best_params.get("rescale", False)
