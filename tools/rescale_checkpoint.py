@@ -8,11 +8,12 @@ that the attack key `rescale=1` exists to undo, so a suite can be checked agains
 import argparse
 
 from sophon import checkpoint
-from sophon.cli import fail, parse_setting_args
+from sophon.cli import fail, parse_setting_args, user_errors
 from sophon.experiment import load_protected
 from sophon.rescale import DEFAULT_CHANNEL_NORM, rescaled
 
 
+@user_errors  # a bad name, a missing or corrupt checkpoint: one line, exit 2
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="cnn", help="image classifier of the checkpoint")
@@ -23,16 +24,11 @@ def main(argv=None):
     ns = parser.parse_args(argv)
     if not ns.norm > 0:
         fail(f"--norm must be positive, got {ns.norm}")
-    try:
-        args, setting = parse_setting_args(__doc__, ["--arch", ns.arch, "--device", "cpu"])
-        model = rescaled(load_protected(args, setting, ns.path), ns.norm)
-        _, meta = checkpoint.load(ns.path)
-    except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as err:
-        fail(str(err))
-    state = {checkpoint.MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
-    written = checkpoint.save(ns.out, state, {**meta, "rescaled_from": ns.path, "channel_norm": ns.norm})
+    args, setting = parse_setting_args(__doc__, ["--arch", ns.arch, "--device", "cpu"])
+    model = rescaled(load_protected(args, setting, ns.path), ns.norm)
+    _, meta = checkpoint.load(ns.path)
+    written = checkpoint.save_model(ns.out, model, {**meta, "rescaled_from": ns.path, "channel_norm": ns.norm})
     print(f"wrote {written}")
-
 
 if __name__ == "__main__":
     main()
