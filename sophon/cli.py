@@ -49,7 +49,9 @@ def add_options(parser: argparse.ArgumentParser, cls) -> None:
     for f in fields(cls):
         m = f.metadata
         if value_type(f) is bool:
-            group.add_argument(f"--{f.name}", action="store_true", default=f.default, help=m["help"])
+            # --no-<flag> too, so that a preset's True can be turned off
+            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default,
+                               help=m["help"])
         else:
             group.add_argument(f"--{f.name}", type=value_type(f), default=f.default, choices=m["choices"],
                                metavar=m["metavar"], help=m["help"])

@@ -1,12 +1,14 @@
 """Named attack suites (`--suite quick|standard|full`) and the learning rates they are built around.
 
 A suite is a function of the setting (which optimizers' learning rates are usual there, whether
-the model has a head and an attention body) and of the preset's attack budget (`--finetune_bs`,
-`--truly_finetune_epochs`). The README lists each suite.
+the model has a head and an attention body), of whether the model's weight scale is free (BatchNorm-fed
+layers: then it also has `rescale=1` attacks, which undo any scale a protection hid behind) and of the
+preset's attack budget (`--finetune_bs`, `--truly_finetune_epochs`). The README lists each suite.
 """
 
 from sophon.attack import Attack, AttackSpecError, parse_attacks
 from sophon.config import SUITE_NAMES as SUITES
+from sophon.models.vision import BATCHNORM_FED
 from sophon.optim import OPTIMIZERS, USUAL_LR
 
 # The lr an attacker would first try with each optimizer, per setting (classifiers of images take
@@ -30,7 +32,9 @@ def _round(x: float) -> float:
     return float(f"{x:.2g}")
 
 
-def suite(name: str, setting: str, bs: int, epochs: int, lr_scale: float = 1.0) -> list[Attack]:
+def suite(name: str, setting: str, bs: int, epochs: int, lr_scale: float = 1.0,
+          rescalable: bool = False) -> list[Attack]:
+    """`rescalable`: the model has BatchNorm-fed layers (sophon.models.vision.BATCHNORM_FED)."""
     if name not in SUITES:
         raise AttackSpecError(f"unknown --suite {name!r}; choose one of {', '.join(SUITES)}")
     u = {o: _round(usual_lr(setting, o, lr_scale)) for o in OPTIMIZERS}
@@ -40,6 +44,8 @@ def suite(name: str, setting: str, bs: int, epochs: int, lr_scale: float = 1.0) 
                    Attack("rmsprop", u["rmsprop"], bs, epochs)]
         attacks.append(Attack("adam", _round(10 * u["adam"]), bs, epochs, method="head") if head
                        else Attack("adam", u["adam"], bs, epochs, method="benign"))
+        if rescalable:
+            attacks.append(Attack("adam", u["adam"], bs, epochs, rescale=True))
         return attacks
     if name == "standard":
         # Every optimizer at its usual lr and a decade either side, then one change at a time.
@@ -53,12 +59,15 @@ def suite(name: str, setting: str, bs: int, epochs: int, lr_scale: float = 1.0) 
             attacks.append(Attack("adam", _round(10 * u["adam"]), bs, epochs, method="head"))
         if lora:
             attacks.append(Attack("adam", _round(10 * u["adam"]), bs, epochs, method="lora"))
+        if rescalable:  # every optimizer again at its usual lr, on weights put back to default-init scale
+            attacks += [Attack(o, u[o], bs, epochs, rescale=True) for o in OPTIMIZERS]
         return attacks
-    # full: the grid, for machines with time to spare.
+    # full: the grid, for machines with time to spare. A linear probe never changes the body, so it is not rescaled.
     methods = ["full", "benign"] + (["head"] if head else []) + ["lora"]
-    return [Attack(o, _round(u[o] * f), b, epochs, method=m, schedule=s)
+    return [Attack(o, _round(u[o] * f), b, epochs, method=m, schedule=s, rescale=r)
             for o in OPTIMIZERS for f in (0.1, 0.3, 1.0, 3.0, 10.0) for b in (max(2, bs // 2), bs, 2 * bs)
-            for m in methods for s in ("constant", "warmup-cosine")]
+            for m in methods for s in ("constant", "warmup-cosine")
+            for r in ((False, True) if rescalable and m != "head" else (False,))]
 
 
 def attacks_from_args(args, setting: str) -> list[Attack]:
@@ -71,7 +80,8 @@ def attacks_from_args(args, setting: str) -> list[Attack]:
         return args.finetune_lr if optimizer == "sgd" else usual_lr(setting, optimizer, scale)
 
     bs, epochs = args.finetune_bs, args.truly_finetune_epochs
-    attacks = suite(args.suite, setting, bs, epochs, scale) if args.suite else []
+    rescalable = setting == "image" and args.arch in BATCHNORM_FED
+    attacks = suite(args.suite, setting, bs, epochs, scale, rescalable) if args.suite else []
     if args.attacks and (not attacks or args.attacks_given):
         attacks += parse_attacks(args.attacks, lr_for, bs, epochs)
     unique = list({a.label: a for a in attacks}.values())

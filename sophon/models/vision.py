@@ -18,6 +18,10 @@ import torch
 from torch import nn
 
 IMAGE_ARCHS = ("cnn", "res18", "res34", "res50", "vgg", "caformer")
+# Archs whose convolutions feed BatchNorms: each such channel's weight scale is free (sophon/rescale.py), so their
+# suites add `rescale=1` attacks. Named here because a suite is built before any model; tests/test_suites.py
+# checks the list against the models themselves.
+BATCHNORM_FED = ("cnn", "res18", "res34", "res50")
 
 # Module path of the final Linear inside each library model (its weights' key prefix there).
 LIBRARY_HEAD = {"res18": "fc", "res34": "fc", "res50": "fc", "vgg": "classifier.6", "caformer": "head.fc.fc2"}

@@ -75,9 +75,11 @@ PRESETS = {
     # held 5.7 of 9 separating attacks under ICE, K = 100 8.0; the probe weight 0.08 (from 0.005) lifted KLU from
     # 6.0 to 7.3 held, and the ridge penalty 1 (from 0.1) the linear probe's P by 0.03-0.04 at every ICE seed.
     # (Those counts are at 3 attack seeds. At 10, 15 attacks separate and Adam after a FASHION phase and Adadelta
-    # at lr 10 are held by no model; ridge 3 or 10 gave the probe nothing more.)
+    # at lr 10 are held by no model; ridge 3 or 10 gave the probe nothing more.) Every step puts θ back on
+    # default-init channel norms (--canonical_scale): without it, SOPHON hid much of its protection in weight scale,
+    # which an attacker undoes for free (rescale=1 took the held count from 12-13 to 5-6 of 15; README).
     "cnn": dict(_EMBEDDED, img_size=28, adaptation_steps=100, suppress_every=10, late_weight=1.0, probe_weight=0.08,
-                probe_support=236, probe_ridge=1.0, nl_loop=2),
+                probe_support=236, probe_ridge=1.0, nl_loop=2, canonical_scale=True),
     # About 40x the cnn's compute per image: fewer original examples, shorter loop and attacks.
     "res18": dict(_EMBEDDED, original_size=5000, test_size=1000, bs=32, total_loop=60, adaptation_steps=3,
                   test_iterval=30, truly_finetune_epochs=5, pretrain_epochs=3),
