@@ -30,5 +30,6 @@ def main(argv=None):
     written = checkpoint.save_model(ns.out, model, {**meta, "rescaled_from": ns.path, "channel_norm": ns.norm})
     print(f"wrote {written}")
 
+
 if __name__ == "__main__":
     main()
