@@ -83,6 +83,9 @@ class LoopConfig:
     canonical_scale: bool = option(False, "after every step, give each BatchNorm-fed channel of the model its "
                                           "default-init weight norm (the same function), so that the protection "
                                           "cannot rest on weight scale (models with BatchNorm; README)")
+    recalibrate_bn: bool = option(True, "BatchNorm statistics recomputed on original-domain data for every evaluation "
+                                        "(the guard's) and in the saved final model, so that they fit its weights "
+                                        "(models with BatchNorm; README)")
     guard: float = option(0.9, "stop when the original metric falls below this fraction of its start (0: off)",
                           at_least=0, below=1)
     guard_action: str = option("stop", "on crossing the guard, restore the last good state, then stop, or decay "

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from sophon import checkpoint, distributed
 from sophon.attack import Attack, finetune
+from sophon.batchnorm import has_batchnorm, recalibrate_
 from sophon.config import LoopConfig, RunConfig
 from sophon.precision import of as precision_of
 from sophon.rescale import require_pairs, rescale_
@@ -196,9 +197,19 @@ class Protector:
         return distributed.broadcast(self._evaluate() if distributed.is_main() else None)
 
     def original_metrics(self) -> dict:
-        self.model.eval()
+        """On a copy with recalibrated BatchNorm statistics (--recalibrate_bn): the running ones lag the
+        weights, and the run's own state stays as it was, so the trajectory does not depend on evaluation."""
+        model = self.model
+        if self.config.recalibrate_bn and has_batchnorm(model):
+            model = recalibrate_(copy.deepcopy(model), self.task, self.config.seed)
+        model.eval()
         with self.precision.autocast():
-            return {f"original_{k}": v for k, v in self.task.evaluate_original(self.model).items()}
+            return {f"original_{k}": v for k, v in self.task.evaluate_original(model).items()}
+
+    def finalise(self) -> None:
+        """The released model's BatchNorm statistics, recomputed on its final weights (--recalibrate_bn)."""
+        if self.config.recalibrate_bn and has_batchnorm(self.model):
+            recalibrate_(self.model, self.task, self.config.seed)
 
     def _evaluate(self) -> dict:
         metrics = self.original_metrics()
@@ -310,6 +321,7 @@ class Protector:
                              if k in ("suppression_loss", "probe_loss", "original_loss") or k.startswith("finetuned_")})
         if self.status == "running":
             self.status = "finished"
+        self.finalise()
         self.save("final")
         return {"status": self.status, "iteration": self.iteration, "reference": self.reference}
 
