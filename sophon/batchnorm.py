@@ -18,8 +18,13 @@ BATCHES = 16  # batches of the original training set averaged (a cumulative, not
 BATCH_SIZE = 256
 
 
+def _tracking(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+    return bool(_tracking(model))
 
 
 @torch.no_grad()
@@ -28,7 +33,7 @@ def recalibrate_(model: nn.Module, task: Task, seed: int, batches: int = BATCHES
     """In place: every BatchNorm's running mean and variance recomputed as the plain average over
     `batches` original-domain training batches (drawn with their own generator, so a run's RNG is
     untouched) under the current weights. The model is left in eval mode; no weight changes."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = _tracking(model)
     if not norms:
         return model
     saved = [m.momentum for m in norms]

@@ -208,7 +208,7 @@ class Protector:
 
     def finalise(self) -> None:
         """The released model's BatchNorm statistics, recomputed on its final weights (--recalibrate_bn)."""
-        if self.config.recalibrate_bn and has_batchnorm(self.model):
+        if self.config.recalibrate_bn:  # a no-op without BatchNorm
             recalibrate_(self.model, self.task, self.config.seed)
 
     def _evaluate(self) -> dict:
