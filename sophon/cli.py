@@ -1,8 +1,8 @@
 """Command-line flags of the scripts, generated from the typed configs (sophon/config.py), with the
 paper's names (DESIGN §2).
 
-A value is, last one wins: its config's default, the arch's preset (setting.PRESETS), the run's saved
-args.json (--resume), the command line.
+A value is, last one wins: its config's default, the arch's preset (setting.PRESETS, then the suppression
+loss's overrides, setting.LOSS_PRESETS), the run's saved args.json (--resume), the command line.
 """
 
 import argparse
@@ -99,9 +99,11 @@ def _check(parser, values: dict, given: dict, saved: dict, classes, run_dir) -> 
 
 
 def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = "tiny-gpt2", losses=(),
-          extra=None, pretrain: bool = False, resumable: bool = False):
+          extra=None, pretrain: bool = False, resumable: bool = False, loss: str | None = None):
     """(args, setting): every field of the setting's configs resolved and checked, and the script's own flags.
-    Two passes: --arch (or the resumed run's) picks the setting, whose own flags are then added."""
+    Two passes: --arch (or the resumed run's) picks the setting, whose own flags are then added. The preset is
+    the arch's, with the overrides of the suppression loss on top: the resumed run's, else --loss, else `loss`
+    (a script with one fixed loss)."""
     command = argv if argv is not None else sys.argv
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser(description, losses, resumable, extra)
@@ -120,8 +122,11 @@ def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = 
     for cls in classes[len(SHARED):]:
         add_options(parser, cls)
     dests = {a.dest for a in parser._actions} - {"help", "resume"}
-    defaults = {**arch_defaults(setting, arch, classes), **{k: v for k, v in saved.items() if k in dests}}
+    loss = saved.get("loss") or getattr(known, "loss", None) or loss
+    defaults = {**arch_defaults(setting, arch, classes, loss), **{k: v for k, v in saved.items() if k in dests}}
     labels = {k: f"default for --arch {arch}" for k in setting.PRESETS.get(arch, {})}
+    labels.update({k: f"default for --arch {arch} with loss {loss}"
+                   for k in getattr(setting, "LOSS_PRESETS", {}).get(arch, {}).get(loss, {})})
     labels.update({k: f"saved in {run_dir}" for k in saved if k in dests})
     show_defaults(parser, defaults, labels)
     given = given_flags(parser, argv)
@@ -139,6 +144,8 @@ def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = 
         fail(f"--separation_seeds {values['separation_seeds']} is fewer than --seeds {values['seeds']}: the "
              "separation test reuses the attack seeds and adds more; give at least that many")
     args = argparse.Namespace(**values)
+    if loss and "loss" not in values:  # a script of one fixed loss: args.json says which, for --resume's preset
+        args.loss = loss
     # --suite replaces the preset's --attacks, not attacks the user asked for (sophon.suites).
     args.attacks_given = "attacks" in given or bool(saved.get("attacks_given"))
     args.command = saved.get("command") or " ".join(command)
@@ -190,9 +197,9 @@ def show_defaults(parser: argparse.ArgumentParser, defaults: dict, labels: dict)
 
 
 def parse_setting_args(description: str, argv=None, kind=CLASSIFICATION, losses=(), extra=None,
-                       default_arch: str = "tiny-gpt2", resumable: bool = False):
+                       default_arch: str = "tiny-gpt2", resumable: bool = False, loss: str | None = None):
     """(args, setting) with the attacks checked: what every attacking script needs."""
-    args, setting = parse(description, argv, kind, default_arch, losses, extra, resumable=resumable)
+    args, setting = parse(description, argv, kind, default_arch, losses, extra, resumable=resumable, loss=loss)
     resolve_attacks(args, setting.NAME)
     return args, setting
 
@@ -237,7 +244,7 @@ def generation_main(description: str, loss: str, argv=None):
                        help="only run a baseline fine-tuning test: from the pre-trained model, or from scratch")
 
     args, setting = parse_setting_args(description, argv, kind="diffusion", extra=extra, default_arch="unet-tiny",
-                                       resumable=True)
+                                       resumable=True, loss=loss)
     if args.finetune:
         return finetune_test(args, setting, "sophon", args.finetune, loss)
     if args.pretest:

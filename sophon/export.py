@@ -60,7 +60,9 @@ class Run:
     def setting_value(self, key: str):
         """A field of the setting's config as the run had it: args.json, else the arch's default."""
         value = self.args.get(key)
-        return arch_defaults(self.setting, self.arch, [self.setting.CONFIG])[key] if value is None else value
+        if value is None:
+            return arch_defaults(self.setting, self.arch, [self.setting.CONFIG], self.get("loss"))[key]
+        return value
 
     def get(self, key: str, default=None):
         """A run setting: the sidecar first (it travels with the weights), then args.json."""

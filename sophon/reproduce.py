@@ -117,14 +117,14 @@ def _argv(setting: str, opts) -> tuple[list[str], list[str]]:
 
 def plan(setting: str, opts) -> list[tuple]:
     """(loss, seed, start name, run folder, args, setting module) of every SOPHON run; a folder made with other
-    flags than the preset now gives is refused here, before any long work starts, and kept."""
+    flags than the preset (of that arch and loss) now gives is refused here, before any long work starts, and kept."""
     arch, losses, kind = SETTINGS[setting]
     argv, _ = _argv(setting, opts)
     runs = []
     for loss in losses:
         for seed in range(opts.protect_seeds):
             args, module = parse_setting_args(f"reproduce {setting}", argv + ["--seed", str(seed)], kind=kind,
-                                              default_arch=arch)
+                                              default_arch=arch, loss=loss)  # the loss's own preset, where it has one
             name = protected_name(loss, seed)
             run_dir = Path(opts.root) / "reproduce" / setting / name.removeprefix("sophon-")  # ice, ice-seed1 ...
             changed = stale_field(args, module, run_dir)

@@ -20,10 +20,14 @@ def test_every_preset_key_is_a_field_and_no_field_is_defined_twice(name):
     names = field_names(classes)
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
     assert set(setting.PRESETS) <= set(setting.ARCHS)
+    loss_presets = getattr(setting, "LOSS_PRESETS", {})
+    assert set(loss_presets) <= set(setting.ARCHS)
     for arch in setting.ARCHS:
         overrides(setting.PRESETS.get(arch, {}), classes, arch)  # raises on a key that is no field
-        for cls in classes:
-            build(cls, arch_defaults(setting, arch, classes))  # and every preset value is in bounds
+        for loss in (None, *loss_presets.get(arch, {})):
+            overrides(loss_presets.get(arch, {}).get(loss, {}), classes, f"{arch} {loss}")
+            for cls in classes:
+                build(cls, arch_defaults(setting, arch, classes, loss))  # and every preset value is in bounds
 
 
 def test_an_unknown_preset_key_is_named(monkeypatch):
@@ -105,3 +109,35 @@ def test_protect_config_is_the_loop_config_and_round_trips_through_a_sidecar():
     assert build(LoopConfig, asdict(config)) == build(LoopConfig, vars(args)) and config.seed == 4
     assert config.distribution.batch_sizes == (32, 64, 128)  # around the cnn preset's --bs 64
     assert ProtectConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # checkpoint sidecars
+
+
+def test_a_loss_preset_overrides_the_arch_preset_for_that_loss_only(monkeypatch, capsys, tmp_path):
+    """LOSS_PRESETS: the cnn's ICE and KLU runs take two NTR steps (KLU larger ones), ice-released and a script
+    without a loss the arch preset's three; --resume takes the run's loss."""
+    shared = image.PRESETS["cnn"]["nl_loop"]
+    own = image.LOSS_PRESETS["cnn"]["ice"]["nl_loop"]
+    assert own != shared
+    losses = ("ice", "ice-released")
+    assert parse("t", ["--arch", "cnn"], losses=losses)[0].nl_loop == own  # --loss defaults to ice
+    assert parse("t", ["--arch", "cnn", "--loss", "ice-released"], losses=losses)[0].nl_loop == shared
+    klu = parse("t", ["--arch", "cnn"], losses=("klu",))[0]
+    assert (klu.nl_loop, klu.beta) == (image.LOSS_PRESETS["cnn"]["klu"]["nl_loop"], image.LOSS_PRESETS["cnn"]["klu"]["beta"])
+    assert klu.beta != image.PRESETS["cnn"].get("beta", LoopConfig.beta)
+    assert parse("t", ["--arch", "cnn"], loss="ice")[0].nl_loop == own  # a script of one fixed loss
+    assert parse("t", ["--arch", "cnn"])[0].nl_loop == shared  # no loss (finetune_test.py): the arch preset
+    assert parse("t", ["--arch", "cnn", "--nl_loop", "5"], loss="ice")[0].nl_loop == 5  # a flag still wins
+    assert arch_args("cnn", loss="ice").nl_loop == own and arch_args("cnn").nl_loop == shared
+    assert parse("t", ["--arch", "cnn"], loss="ice")[0].loss == "ice"  # written to args.json for --resume
+    with pytest.raises(SystemExit):
+        parse("t", ["--arch", "cnn", "--help"], losses=losses)
+    assert "NTR steps per iteration (default for --arch cnn with loss ice: 2)" in " ".join(capsys.readouterr().out.split())
+    monkeypatch.setitem(image.LOSS_PRESETS["cnn"], "klu", {"beta": 7.0})
+    assert parse("t", ["--arch", "cnn"], losses=("klu",))[0].beta == 7.0
+    run = tmp_path / "run"
+    run.mkdir()
+    args, setting = parse("t", ["--arch", "cnn", "--loss", "ice-released"], losses=losses)
+    saved = json.loads(args_to_json(args, setting))
+    del saved["nl_loop"]  # a run older than the field: the preset of the run's loss fills it, not --loss's default
+    (run / "args.json").write_text(json.dumps(saved))
+    resumed = parse("t", ["--resume", str(run)], losses=losses, resumable=True)[0]
+    assert resumed.loss == "ice-released" and resumed.nl_loop == shared

@@ -15,7 +15,7 @@ from sophon.losses import denial_of_service, mse_ascent
 from sophon.models.unet import sample, unet
 from sophon.protect import ProtectConfig, protect
 from sophon.simulate import Environment
-from sophon.settings import diffusion, setting_for
+from sophon.settings import arch_args, diffusion, setting_for
 from sophon.settings.diffusion import DiffusionTask
 from sophon.data.diffusion_images import InMemoryImages
 
@@ -131,3 +131,47 @@ def test_artifact_hook_writes_and_reuses_cached_grids(tmp_path):
         assert (tmp_path / run / "samples_normal_sgd.png").read_bytes() == b"png"
         assert len(curve) == 2
     assert len(calls) == 1  # the second run came from the cache, grid included
+
+
+class SeesTimesteps(nn.Module):
+    """Records the timesteps it is asked about."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x, t):
+        self.seen.append(t.clone())
+        return SimpleNamespace(sample=torch.zeros_like(x))
+
+
+def test_suppress_t_max_bounds_only_the_suppression_losss_timesteps():
+    """--suppress_t_max: the suppression loss sees t < t_max; fine-tuning and the metric keep all 1,000."""
+    x = torch.zeros(512, 1, 16, 16)
+    task = DiffusionTask(images(16, 0, True), images(8, 1, False), images(16, 2, True), images(8, 3, False),
+                         "dos", suppress_t_max=100)
+    model = SeesTimesteps()
+    task.suppression_loss(model, x)
+    assert model.seen[-1].max() < 100 and model.seen[-1].min() >= 0
+    task.finetune_loss(model, x)
+    assert model.seen[-1].max() >= 100  # 512 uniform draws over 1,000 steps
+    assert small_task().suppress_t_max is None
+    built = diffusion.build_task(arch_args("unet-tiny", suppress_t_max=300, device="cpu"), "dos")  # flag to task
+    assert built.suppress_t_max == 300
+
+
+def test_timestep_bands_of_the_diagnostic_tool():
+    """tools/timestep_mse.py: band b sees only t in [b*100, (b+1)*100), and a denoiser predicting 0 scores E[ε²] = 1
+    in every band."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "timestep_mse.py"
+    spec = importlib.util.spec_from_file_location("timestep_mse", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    task = small_task()
+    model = SeesTimesteps()
+    mse = tool.band_mse(model, task, task.restricted_test, bands=10)
+    assert len(mse) == 10 and all(v == pytest.approx(1.0, abs=0.15) for v in mse)
+    assert [(int(t.min()) // 100, int(t.max()) // 100) for t in model.seen] == [(b, b) for b in range(10)]

@@ -5,6 +5,7 @@ A setting module exposes
     CONFIG    a dataclass of its own fields (sophon.config.option), beside the shared ones
     PRETRAIN_CONFIG  (optional) the fields only its pre-training script takes
     PRESETS   {arch: {field: value}}, overrides of the configs' defaults for that arch
+    LOSS_PRESETS  (optional) {arch: {loss: {field: value}}}, overrides of PRESETS for one suppression loss
     build_task(args, suppression) -> Task
     build_model(args, start) -> nn.Module  start "normal" (pre-trained) or "scratch" (same arch, random)
 """
@@ -46,19 +47,26 @@ def configs_of(setting, pretrain: bool = False) -> tuple[type, ...]:
     return SHARED + own
 
 
-def arch_defaults(setting, arch: str, classes) -> dict:
-    """Every field of `classes` as `--arch` takes it when no flag is given: its default, then the preset."""
-    preset = overrides(setting.PRESETS.get(arch, {}), configs_of(setting, pretrain=True), f"PRESETS[{arch!r}]")
+def preset_of(setting, arch: str, loss: str | None = None) -> dict:
+    """The preset of `--arch`, with the overrides of `loss` on top where the setting has them."""
+    own = getattr(setting, "LOSS_PRESETS", {}).get(arch, {}).get(loss, {})
+    return {**setting.PRESETS.get(arch, {}), **own}
+
+
+def arch_defaults(setting, arch: str, classes, loss: str | None = None) -> dict:
+    """Every field of `classes` as `--arch` (with suppression loss `loss`) takes it when no flag is given:
+    its default, then the preset."""
+    preset = overrides(preset_of(setting, arch, loss), configs_of(setting, pretrain=True), f"PRESETS[{arch!r}]")
     names = field_names(classes)
     return {**defaults_of(classes), **{k: v for k, v in preset.items() if k in names}, "arch": arch}
 
 
-def arch_args(arch: str, **given) -> argparse.Namespace:
-    """The arguments a script resolves for `--arch` with `given` flags, pre-training ones included:
-    for code that calls a setting without a command line (tests, notebooks, benchmarks)."""
+def arch_args(arch: str, loss: str | None = None, **given) -> argparse.Namespace:
+    """The arguments a script resolves for `--arch` (and its suppression `loss`) with `given` flags, pre-training
+    ones included: for code that calls a setting without a command line (tests, notebooks, benchmarks)."""
     setting = setting_for(arch)
     classes = configs_of(setting, pretrain=True)
-    values = {**arch_defaults(setting, arch, classes), **overrides(given, classes, "arch_args")}
+    values = {**arch_defaults(setting, arch, classes, loss), **overrides(given, classes, "arch_args")}
     for cls in classes:
         build(cls, values)
     return argparse.Namespace(**values)

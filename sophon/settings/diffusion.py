@@ -42,6 +42,8 @@ class DiffusionConfig:
     n_samples: int = option(64, "images per sample grid (0: no grids)", at_least=0)
     mse_clamp: float | None = option(None, "MSE ascent: stop ascending once the query MSE exceeds this (default: "
                                            "unbounded)", above=0)
+    suppress_t_max: int | None = option(None, "draw the suppression loss's timesteps from [0, this) only, where "
+                                              "x_t still shows its domain (default: all 1,000)", at_least=1, below=1001)
     # Pre-training shares the scripts' flags: reproduce.py pre-trains with the generation parser.
     pretrain_steps: int = option(500, "train_diffusion_model.py: Adam steps", above=0)
     pretrain_lr: float = option(2e-3, "train_diffusion_model.py: peak lr (cosine decay)", above=0)
@@ -60,10 +62,12 @@ PRESETS = {
 }
 
 
-def denoising_inputs(model: nn.Module, scheduler, x0: torch.Tensor, generator: torch.Generator | None = None):
-    """(x_t, t, ε) for clean images x0 at uniform timesteps; `generator` (CPU) fixes the draw."""
+def denoising_inputs(model: nn.Module, scheduler, x0: torch.Tensor, generator: torch.Generator | None = None,
+                     t_max: int | None = None):
+    """(x_t, t, ε) for clean images x0 at uniform timesteps below `t_max` (default: all); `generator` (CPU) fixes
+    the draw."""
     noise = torch.randn(x0.shape, generator=generator).to(x0.device) if generator else torch.randn_like(x0)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+    t = torch.randint(0, t_max or scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
     return scheduler.add_noise(x0, noise, t), t, noise
 
 
@@ -74,13 +78,13 @@ class DiffusionTask:
 
     def __init__(self, original_train, original_test, restricted_train, restricted_test, suppression: str = "dos",
                  mse_clamp: float | None = None, eval_size: int = 512, eval_repeats: int = 4, eval_seed: int = 0,
-                 device: str | torch.device = "cpu", cache_key: str = ""):
+                 device: str | torch.device = "cpu", cache_key: str = "", suppress_t_max: int | None = None):
         if suppression not in SUPPRESSION_LOSSES:
             raise ValueError(f"unknown diffusion suppression loss {suppression!r}; choose one of "
                              f"{', '.join(SUPPRESSION_LOSSES)}")
         self.original_train, self.original_test = original_train, original_test
         self.restricted_train, self.restricted_test = restricted_train, restricted_test
-        self.suppression, self.mse_clamp = suppression, mse_clamp
+        self.suppression, self.mse_clamp, self.suppress_t_max = suppression, mse_clamp, suppress_t_max
         self.eval_size, self.eval_repeats, self.eval_seed = eval_size, eval_repeats, eval_seed
         self.device = torch.device(device)
         self.scheduler = noise_scheduler()
@@ -100,7 +104,9 @@ class DiffusionTask:
         return self.denoising_loss(model, batch)
 
     def suppression_loss(self, learner: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-        x_t, t, noise = denoising_inputs(learner, self.scheduler, batch)
+        # At high t, x_t is nearly pure noise whatever the domain, so suppressing there fights NTR on the
+        # original domain; --suppress_t_max keeps the suppression where the restricted images still show.
+        x_t, t, noise = denoising_inputs(learner, self.scheduler, batch, t_max=self.suppress_t_max)
         pred = learner(x_t, t).sample
         if self.suppression == "dos":
             return denial_of_service(pred)
@@ -151,7 +157,7 @@ def build_task(args, suppression: str) -> DiffusionTask:
     return DiffusionTask(load(args.original, "train"), load(args.original, "test"),
                          load(args.dataset, "train"), load(args.dataset, "test"), suppression,
                          args.mse_clamp, args.eval_size, args.eval_repeats,
-                         device=device_of(args), cache_key=f"diffusion {key}")
+                         device=device_of(args), cache_key=f"diffusion {key}", suppress_t_max=args.suppress_t_max)
 
 
 def pretrained_path(args) -> Path:
