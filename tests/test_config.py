@@ -121,7 +121,8 @@ def test_a_loss_preset_overrides_the_arch_preset_for_that_loss_only(monkeypatch,
     assert parse("t", ["--arch", "cnn"], losses=losses)[0].nl_loop == own  # --loss defaults to ice
     assert parse("t", ["--arch", "cnn", "--loss", "ice-released"], losses=losses)[0].nl_loop == shared
     klu = parse("t", ["--arch", "cnn"], losses=("klu",))[0]
-    assert (klu.nl_loop, klu.beta) == (image.LOSS_PRESETS["cnn"]["klu"]["nl_loop"], image.LOSS_PRESETS["cnn"]["klu"]["beta"])
+    klu_preset = image.LOSS_PRESETS["cnn"]["klu"]
+    assert (klu.nl_loop, klu.beta) == (klu_preset["nl_loop"], klu_preset["beta"])
     assert klu.beta != image.PRESETS["cnn"].get("beta", LoopConfig.beta)
     assert parse("t", ["--arch", "cnn"], loss="ice")[0].nl_loop == own  # a script of one fixed loss
     assert parse("t", ["--arch", "cnn"])[0].nl_loop == shared  # no loss (finetune_test.py): the arch preset
@@ -130,7 +131,8 @@ def test_a_loss_preset_overrides_the_arch_preset_for_that_loss_only(monkeypatch,
     assert parse("t", ["--arch", "cnn"], loss="ice")[0].loss == "ice"  # written to args.json for --resume
     with pytest.raises(SystemExit):
         parse("t", ["--arch", "cnn", "--help"], losses=losses)
-    assert "NTR steps per iteration (default for --arch cnn with loss ice: 2)" in " ".join(capsys.readouterr().out.split())
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "NTR steps per iteration (default for --arch cnn with loss ice: 2)" in shown
     monkeypatch.setitem(image.LOSS_PRESETS["cnn"], "klu", {"beta": 7.0})
     assert parse("t", ["--arch", "cnn"], losses=("klu",))[0].beta == 7.0
     run = tmp_path / "run"

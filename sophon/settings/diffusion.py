@@ -67,7 +67,8 @@ def denoising_inputs(model: nn.Module, scheduler, x0: torch.Tensor, generator: t
     """(x_t, t, ε) for clean images x0 at uniform timesteps below `t_max` (default: all); `generator` (CPU) fixes
     the draw."""
     noise = torch.randn(x0.shape, generator=generator).to(x0.device) if generator else torch.randn_like(x0)
-    t = torch.randint(0, t_max or scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+    steps = t_max or scheduler.config.num_train_timesteps
+    t = torch.randint(0, steps, (x0.shape[0],), generator=generator).to(x0.device)
     return scheduler.add_noise(x0, noise, t), t, noise
 
 

@@ -93,12 +93,12 @@ PRESETS = {
 }
 
 
-# Per suppression loss, on top of PRESETS. ICE with two NTR steps held 16, 16 of 22 separating attacks (SOPHON
-# seeds 0, 2) at 95.9-97.1 % of normal's FASHION; with three, 10-11 at 98-99 %: the third step pulls θ back toward
-# the normal model, and the momentum attackers and the linear probe find it (README, "Stale BatchNorm statistics").
-# KLU with two steps of the shared size fell to 94.9 % of normal at one seed; two steps a quarter larger (beta 6.25)
-# keep 96.5-97.1 % and held 7, 10, 8 of the 22 where three steps held 7, 6, 6. The released code's form of ICE
-# (--loss ice-released) was not measured with two and keeps three.
+# Per suppression loss, on top of PRESETS. ICE with two NTR steps holds 16, 13, 16 of the 22 attacks that separate
+# (SOPHON seeds 0-2) at 95.9-97.1 % of normal's FASHION; with three it held 11, 11, 10 at 98-99 %: the third step
+# pulls θ back toward the normal model, and the momentum attackers and the linear probe find it (README, "Stale
+# BatchNorm statistics"). KLU with two steps of the shared size fell to 94.9 % of normal at one seed; two steps a
+# quarter larger (beta 6.25) keep 96.5-97.1 % and hold 7, 10, 8 where three steps held 7, 6, 6. The released code's
+# form of ICE (--loss ice-released) was not measured with two and keeps three.
 LOSS_PRESETS = {"cnn": {"ice": dict(nl_loop=2), "klu": dict(nl_loop=2, beta=6.25)}}
 
 
