@@ -14,7 +14,7 @@ from dataclasses import fields
 from sophon.config import SHARED, build, value_type
 from sophon.device import device_of
 from sophon.resume import may_change, refuse_changes, saved_args
-from sophon.settings import CLASSIFICATION, arch_defaults, configs_of, setting_for
+from sophon.settings import CLASSIFICATION, arch_defaults, configs_of, loss_preset, setting_for
 
 _UNSET = object()  # a flag's value before parsing: what is still _UNSET afterwards was not given
 
@@ -125,8 +125,7 @@ def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = 
     loss = saved.get("loss") or getattr(known, "loss", None) or loss
     defaults = {**arch_defaults(setting, arch, classes, loss), **{k: v for k, v in saved.items() if k in dests}}
     labels = {k: f"default for --arch {arch}" for k in setting.PRESETS.get(arch, {})}
-    labels.update({k: f"default for --arch {arch} with loss {loss}"
-                   for k in getattr(setting, "LOSS_PRESETS", {}).get(arch, {}).get(loss, {})})
+    labels.update({k: f"default for --arch {arch} with loss {loss}" for k in loss_preset(setting, arch, loss)})
     labels.update({k: f"saved in {run_dir}" for k in saved if k in dests})
     show_defaults(parser, defaults, labels)
     given = given_flags(parser, argv)

@@ -47,10 +47,14 @@ def configs_of(setting, pretrain: bool = False) -> tuple[type, ...]:
     return SHARED + own
 
 
+def loss_preset(setting, arch: str, loss: str | None) -> dict:
+    """The overrides `loss` puts on the preset of `--arch` (LOSS_PRESETS; none for most)."""
+    return getattr(setting, "LOSS_PRESETS", {}).get(arch, {}).get(loss, {})
+
+
 def preset_of(setting, arch: str, loss: str | None = None) -> dict:
     """The preset of `--arch`, with the overrides of `loss` on top where the setting has them."""
-    own = getattr(setting, "LOSS_PRESETS", {}).get(arch, {}).get(loss, {})
-    return {**setting.PRESETS.get(arch, {}), **own}
+    return {**setting.PRESETS.get(arch, {}), **loss_preset(setting, arch, loss)}
 
 
 def arch_defaults(setting, arch: str, classes, loss: str | None = None) -> dict:
