@@ -112,8 +112,8 @@ def test_protect_config_is_the_loop_config_and_round_trips_through_a_sidecar():
 
 
 def test_a_loss_preset_overrides_the_arch_preset_for_that_loss_only(monkeypatch, capsys, tmp_path):
-    """LOSS_PRESETS: the cnn's ICE and KLU runs take two NTR steps (KLU larger ones), ice-released and a script
-    without a loss the arch preset's three; --resume takes the run's loss."""
+    """LOSS_PRESETS: the cnn's ICE and KLU runs take two NTR steps (KLU larger FTS and NTR steps), ice-released and a
+    script without a loss the arch preset's three; --resume takes the run's loss."""
     shared = image.PRESETS["cnn"]["nl_loop"]
     own = image.LOSS_PRESETS["cnn"]["ice"]["nl_loop"]
     assert own != shared
@@ -122,7 +122,8 @@ def test_a_loss_preset_overrides_the_arch_preset_for_that_loss_only(monkeypatch,
     assert parse("t", ["--arch", "cnn", "--loss", "ice-released"], losses=losses)[0].nl_loop == shared
     klu = parse("t", ["--arch", "cnn"], losses=("klu",))[0]
     klu_preset = image.LOSS_PRESETS["cnn"]["klu"]
-    assert (klu.nl_loop, klu.beta) == (klu_preset["nl_loop"], klu_preset["beta"])
+    assert (klu.nl_loop, klu.alpha, klu.beta) == (klu_preset["nl_loop"], klu_preset["alpha"], klu_preset["beta"])
+    assert klu.alpha != image.PRESETS["cnn"]["alpha"]
     assert klu.beta != image.PRESETS["cnn"].get("beta", LoopConfig.beta)
     assert parse("t", ["--arch", "cnn"], loss="ice")[0].nl_loop == own  # a script of one fixed loss
     assert parse("t", ["--arch", "cnn"])[0].nl_loop == shared  # no loss (finetune_test.py): the arch preset

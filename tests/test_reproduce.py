@@ -33,10 +33,11 @@ def test_reproduce_refuses_a_run_made_by_another_preset_before_any_work(tmp_path
     opts = reproduce.parser().parse_args(["--setting", "image", "--root", str(tmp_path), "--protect_seeds", "2"])
     runs = reproduce.plan("image", opts)  # no folder yet: nothing to refuse
     assert [(loss, seed) for loss, seed, *_ in runs] == [("ice", 0), ("ice", 1), ("klu", 0), ("klu", 1)]
-    # each loss's run is made and checked with that loss's preset (image.LOSS_PRESETS: KLU's own NTR step size)
-    beta = {loss: arch_defaults(image, "cnn", configs_of(image), loss)["beta"] for loss in ("ice", "klu")}
-    assert beta["ice"] != beta["klu"]
-    assert [args.beta for *_, args, _ in runs] == [beta["ice"]] * 2 + [beta["klu"]] * 2
+    # each loss's run is made and checked with that loss's preset (image.LOSS_PRESETS: KLU's own FTS and NTR steps)
+    preset = {loss: arch_defaults(image, "cnn", configs_of(image), loss) for loss in ("ice", "klu")}
+    assert (preset["ice"]["alpha"], preset["ice"]["beta"]) != (preset["klu"]["alpha"], preset["klu"]["beta"])
+    for field in ("alpha", "beta"):
+        assert [getattr(args, field) for *_, args, _ in runs] == [preset["ice"][field]] * 2 + [preset["klu"][field]] * 2
     assert [args.loss for *_, args, _ in runs] == ["ice", "ice", "klu", "klu"]
     loss, seed, _, run_dir, *_ = runs[3]
     argv = ["--arch", "cnn", "--seed", str(seed), "--root", str(tmp_path)]
@@ -44,7 +45,8 @@ def test_reproduce_refuses_a_run_made_by_another_preset_before_any_work(tmp_path
     args, module = reproduce.parse_setting_args("t", argv, kind=("text", "image"), default_arch="cnn", loss=loss)
     run_dir.mkdir(parents=True)
     (run_dir / "args.json").write_text(args_to_json(other, image))
-    assert reproduce.stale_field(args, module, run_dir) == f"beta: {other.beta} -> {beta['klu']}"
+    first = next(f for f in ("alpha", "beta") if getattr(other, f) != preset["klu"][f])  # LoopConfig's order
+    assert reproduce.stale_field(args, module, run_dir) == f"{first}: {getattr(other, first)} -> {preset['klu'][first]}"
     (run_dir / "args.json").write_text(args_to_json(args, image))
     assert reproduce.stale_field(args, module, run_dir) is None  # same flags; root, device may differ
     saved = json.loads((run_dir / "args.json").read_text())
