@@ -26,8 +26,7 @@ from sophon.report import colour
 def band_mse(model, task, dataset, bands: int) -> list[float]:
     """ε-MSE of `model` on the first eval_size images of `dataset`, eval_repeats draws each, for each of `bands`
     equal bands of timesteps: the same (image, noise, timestep) draws for every model, as the table's metric."""
-    n = min(task.eval_size, len(dataset))
-    images = torch.stack([dataset[i] for i in range(n)]).repeat(task.eval_repeats, 1, 1, 1)
+    images = task.eval_images(dataset)
     steps = task.scheduler.config.num_train_timesteps
     width = steps // bands
     model.eval()

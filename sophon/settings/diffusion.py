@@ -114,11 +114,15 @@ class DiffusionTask:
         return mse_ascent(pred, noise, self.mse_clamp)
 
     @torch.no_grad()
+    def eval_images(self, dataset) -> torch.Tensor:
+        """The clean images every evaluation denoises: the first `eval_size` of `dataset`, `eval_repeats` times."""
+        n = min(self.eval_size, len(dataset))
+        return torch.stack([dataset[i] for i in range(n)]).repeat(self.eval_repeats, 1, 1, 1)
+
     def denoising_mse(self, model: nn.Module, dataset, batch_size: int = 128) -> float:
         """Mean ε-MSE over the first `eval_size` images, `eval_repeats` draws each, from a fixed seed:
         every model sees the same (image, noise, timestep) triples, so numbers compare across models."""
-        n = min(self.eval_size, len(dataset))
-        images = torch.stack([dataset[i] for i in range(n)]).repeat(self.eval_repeats, 1, 1, 1)
+        images = self.eval_images(dataset)
         generator = torch.Generator().manual_seed(self.eval_seed)
         was_training = model.training
         model.eval()
