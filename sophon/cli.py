@@ -160,7 +160,7 @@ def resolve_attacks(args, setting_name: str) -> None:
     try:
         args.attack_list = {a.label: a for a in attacks_from_args(args, setting_name)}
         if getattr(args, "simulate", ""):
-            if args.envs and args.attackers == "fixed":
+            if args.envs and args.attackers != "sampled":
                 fail("--simulate and --envs both name the fixed simulated attackers; drop one")
             environments_from_specs(args.simulate, args.bs, args.adaptation_steps)
     except AttackSpecError as err:

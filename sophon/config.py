@@ -65,10 +65,13 @@ class LoopConfig:
     suppress_every: int = option(1, "take the suppression gradient every N inner steps (and at the last)", above=0)
     late_weight: float = option(0.0, "weight inner step k by (k/K)^late_weight (0: uniform)", at_least=0)
     envs: int = option(0, "0: one fixed plain-SGD environment at --fast_lr; N: sample N environments", at_least=0)
-    simulate: str = option("", "fixed simulated attackers as attack specs, averaged at every FTS step, e.g. "
+    simulate: str = option("", "fixed simulated attackers as attack specs, averaged at every FTS step (with --attackers "
+                               "cycle, one per step in turn), e.g. "
                                "sgd:0.1,sgd-momentum:0.01 (keys bs, method=head|benign; empty: --envs)")
-    attackers: str = option("fixed", "simulated attackers: fixed (--envs) or a new draw of max(1, --envs) every FTS "
-                                     "step from the attack suite's distribution (README)", choices=("fixed", "sampled"))
+    attackers: str = option("fixed", "simulated attackers: fixed (--envs or --simulate, averaged at every FTS step), "
+                                     "cycle (the same, one per FTS step in turn, at the cost of one) or a new draw of "
+                                     "max(1, --envs) every FTS step from the attack suite's distribution (README)",
+                            choices=("fixed", "cycle", "sampled"))
     anchor: bool = option(False, "with --attackers sampled: keep the fixed attacker (plain SGD at --fast_lr) in "
                                  "every FTS step beside the sampled ones")
     probe_weight: float = option(0.0, "weight of the closed-form linear-probe attacker's suppression gradient, "

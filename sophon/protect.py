@@ -91,6 +91,7 @@ class Protector:
         self.scale_pairs = require_pairs(model, "--canonical_scale") if config.canonical_scale else []
         self.canonicalise()
         self.iteration = 0
+        self.fts_index = 0  # FTS steps taken before this one (which fixed attacker's turn, with `cycle`)
         self.reference: dict[str, float] = {}  # original metrics before SOPHON
         self.good_state = copy.deepcopy(model.state_dict())
         self.good_iteration = 0  # the iteration good_state (and checkpoints/last) comes from
@@ -98,8 +99,13 @@ class Protector:
 
     # ---- one iteration ---------------------------------------------------------------------
     def environments(self) -> list[Environment]:
-        """This FTS step's simulated attackers: the fixed ones, or fresh draws (with the fixed beside)."""
+        """This FTS step's simulated attackers: the fixed ones (all, or with `cycle` the next in turn), or
+        fresh draws (with the fixed beside)."""
         dist = self.config.distribution
+        if self.config.attackers == "cycle":
+            # The turn follows from the iteration (not a counter), so a resumed run goes on where it stopped.
+            fixed = self.config.environments
+            return [fixed[self.fts_index % len(fixed)]]
         if not dist:
             return list(self.config.environments)
         drawn = [dist.draw(self.generator) for _ in range(max(1, self.config.envs))]
@@ -279,7 +285,8 @@ class Protector:
             start = time.perf_counter()
             record: dict = {"iteration": it}
             try:
-                for _ in range(cfg.ml_loop):
+                for j in range(cfg.ml_loop):
+                    self.fts_index = (it - 1) * cfg.ml_loop + j
                     record.update(self.fts_step())
                 for _ in range(cfg.nl_loop):
                     record.update(self.ntr_step())

@@ -63,7 +63,7 @@ def test_every_field_has_a_flag_with_its_help():
     (dict(bs=0), "--bs must be greater than 0, got 0"),
     (dict(query_fraction=1.0), "--query_fraction must be greater than 0 and below 1, got 1.0"),
     (dict(guard=-0.1), "--guard must be at least 0 and below 1, got -0.1"),
-    (dict(attackers="random"), "--attackers must be one of fixed, sampled, got 'random'"),
+    (dict(attackers="random"), "--attackers must be one of fixed, cycle, sampled, got 'random'"),
 ])
 def test_bounds_and_choices_are_checked_from_the_metadata(values, words):
     with pytest.raises(ValueError, match=words.replace("(", "\\(")):

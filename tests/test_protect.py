@@ -137,6 +137,25 @@ def test_several_environments_are_averaged(tmp_path, monkeypatch):
     torch.testing.assert_close(model.body.bias.grad, torch.full_like(model.body.bias, 2.0e-3))  # mean, under the clip
 
 
+def test_cycle_takes_one_fixed_attacker_per_fts_step_in_turn_across_a_resume(tmp_path, monkeypatch):
+    from sophon import protect as P
+    from sophon.simulate import Environment, SimulationResult
+
+    seen = []  # the lr of the attacker each FTS step simulated
+
+    def simulate(self, m, env, g=None):
+        seen.append(env.lr)
+        return SimulationResult({"body.bias": torch.zeros_like(m.body.bias)}, 0.0, 0.0)
+
+    monkeypatch.setattr(P.Simulator, "suppression_gradient", simulate)
+    envs = [Environment("sgd", 0.1), Environment("adam", 0.2), Environment("sgd", 0.3)]
+    cfg = dict(environments=envs, attackers="cycle", ml_loop=2, finetune_epochs=0, guard=0)
+    protect(Headed(), ToyTask(), config(total_loop=2, **cfg), tmp_path)
+    protect(Headed(), ToyTask(), config(total_loop=4, **cfg), tmp_path, resume=True)
+    # 4 iterations x 2 FTS steps, one attacker each, in turn; the resumed run goes on with the next one
+    assert seen == [0.1, 0.2, 0.3, 0.1, 0.2, 0.3, 0.1, 0.2]
+
+
 @pytest.mark.parametrize("action, status", [("stop", "guard_stopped"), ("decay", "finished")])
 def test_guard_on_a_lower_is_better_metric(tmp_path, action, status):
     model, task = Headed(), ToyTask()
@@ -170,7 +189,7 @@ def test_ctrl_c_keeps_last_as_the_checked_state(tmp_path, monkeypatch):
 
     monkeypatch.setattr(P.Protector, "ntr_step", ntr_step)
     with pytest.raises(KeyboardInterrupt):
-        protect(model, task, config(total_loop=4, test_iterval=2), tmp_path)
+        protect(model, task, config(total_loop=4, test_iterval=2, guard=0), tmp_path)  # no guard stop before Ctrl-C
     last = json.loads((tmp_path / "checkpoints" / "last.json").read_text())
     interrupted = json.loads((tmp_path / "checkpoints" / "interrupted.json").read_text())
     assert last["iteration"] == 2 and last["status"] == "running"
@@ -179,5 +198,5 @@ def test_ctrl_c_keeps_last_as_the_checked_state(tmp_path, monkeypatch):
     current, _ = checkpoint.load(tmp_path / "checkpoints" / "interrupted")
     assert not torch.equal(checked["model.body.weight"], current["model.body.weight"])  # FTS of iteration 3 ran
     monkeypatch.undo()
-    summary = protect(Headed(), task, config(total_loop=4, test_iterval=2), tmp_path, resume=True)
+    summary = protect(Headed(), task, config(total_loop=4, test_iterval=2, guard=0), tmp_path, resume=True)
     assert summary["status"] == "finished" and summary["iteration"] == 4
