@@ -100,7 +100,7 @@ PRESETS = {
 # beta 6.25) it held 7-11 of the 22 at five seeds; alpha 12.5 held 16, 15, 11 but left one seed at 94.95 % of normal;
 # with NTR steps of beta 7.5 it keeps 95.7-97.0 % and holds 13, 14, 15 (README, "KLU's FTS step"). The released
 # code's form of ICE (--loss ice-released) was not measured with two steps and keeps three. ICE with NTR steps of
-# beta 4 held 16, 11, 15 (no gain); beta 2.5 held 18 at seed 0, under 95 % of FASHION; the Adam attacks are held
+# beta 4 held 16, 11, 15 (no gain); beta 2.5 held 18 at seed 0, under 95 % of FASHION; the Adam attacks were held
 # only by runs without NTR, at chance on FASHION (README, "The Adam attacks").
 LOSS_PRESETS = {"cnn": {"ice": dict(nl_loop=2), "klu": dict(nl_loop=2, alpha=12.5, beta=7.5)}}
 
