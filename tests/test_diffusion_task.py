@@ -73,6 +73,14 @@ def test_metric_is_reproducible_across_calls_and_global_seeds():
     assert task.evaluate_original(model)["mse"] == first
 
 
+def test_metric_builds_no_autograd_graph():
+    """Evaluation runs under no_grad: the denoiser's output never carries a graph (memory, speed)."""
+    task, model, graphs = small_task(), Constant(0.5), []
+    model.register_forward_hook(lambda m, inputs, out: graphs.append(out.sample.requires_grad))
+    task.evaluate_original(model)
+    assert graphs and not any(graphs)
+
+
 def test_unknown_names_are_refused():
     with pytest.raises(ValueError, match="choose one of dos, mse"):
         small_task("ice")

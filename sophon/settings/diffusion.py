@@ -113,12 +113,12 @@ class DiffusionTask:
             return denial_of_service(pred)
         return mse_ascent(pred, noise, self.mse_clamp)
 
-    @torch.no_grad()
     def eval_images(self, dataset) -> torch.Tensor:
         """The clean images every evaluation denoises: the first `eval_size` of `dataset`, `eval_repeats` times."""
         n = min(self.eval_size, len(dataset))
         return torch.stack([dataset[i] for i in range(n)]).repeat(self.eval_repeats, 1, 1, 1)
 
+    @torch.no_grad()
     def denoising_mse(self, model: nn.Module, dataset, batch_size: int = 128) -> float:
         """Mean ε-MSE over the first `eval_size` images, `eval_repeats` draws each, from a fixed seed:
         every model sees the same (image, noise, timestep) triples, so numbers compare across models."""
