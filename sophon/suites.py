@@ -85,6 +85,9 @@ def attacks_from_args(args, setting: str) -> list[Attack]:
     if args.attacks and (not attacks or args.attacks_given):
         attacks += parse_attacks(args.attacks, lr_for, bs, epochs)
     unique = list({a.label: a for a in attacks}.values())
+    if not unique and not getattr(args, "tune", 0):  # else the run would end in an empty table, not an error
+        raise AttackSpecError("no attack to run: --attacks is empty and no --suite is given; write e.g. "
+                              "--attacks sgd,adam:1e-3 or --suite standard")
     if not HAS_HEAD[setting]:
         for a in unique:
             if a.method == "head":

@@ -103,6 +103,18 @@ def test_normal_model_missing_names_the_pretrain_command(tmp_path):
         setting.build_model(args, "normal")
 
 
+def test_a_wider_cnn_has_its_own_pretrained_file(tmp_path, monkeypatch):
+    # pre-training a --cnn_width 32 model must not overwrite (or be loaded as) the width-16 preset's file
+    from sophon.settings import image
+    assert image.pretrained_path("cnn", "FASHION") == image.PRETRAINED_DIR / "cnn_FASHION.safetensors"
+    assert image.pretrained_path("cnn", "FASHION", 32).name == "cnn-w32_FASHION.safetensors"
+    assert image.pretrained_path("res18", "FASHION", 32).name == "res18_FASHION.safetensors"
+    monkeypatch.setattr(image, "PRETRAINED_DIR", tmp_path)
+    args = arch_args("cnn", dataset="DIGITS", original="DIGITS", device="cpu", cnn_width=32)
+    with pytest.raises(FileNotFoundError, match="cnn-w32_DIGITS.*--cnn_width 32"):
+        setting.build_model(args, "normal")
+
+
 def test_unknown_arch_and_dataset_are_named():
     with pytest.raises(ValueError, match="unknown image --arch 'res5'.*res18"):
         build_classifier("res5", 10)

@@ -104,6 +104,7 @@ def test_sophon_start_without_path_is_refused(run, capsys):
     (["--guard", "1.5"], "--guard must be at least 0 and below 1, got 1.5"),
     (["--attacks", "adma:1e-3"], "unknown optimizer 'adma'"),
     (["--attacks", "adam:1e-3:epoch=3"], "unknown part 'epoch=3'"),
+    (["--attacks", ""], "no attack to run: --attacks is empty"),
     (["--dataset", "IMDBX"], "unknown --dataset 'IMDBX'"),
     (["--pretrained", "/nonexistent/model"], "/nonexistent/model"),
     (["--simulate", "sgd:0.1,adam:1e-3:method=lora"], "drop method=lora"),

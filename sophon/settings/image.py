@@ -184,12 +184,16 @@ def build_task(args, suppression: str) -> ImageTask:
         cache_key=key)
 
 
-def pretrained_path(arch: str, original: str) -> Path:
-    return PRETRAINED_DIR / f"{arch}_{original}.safetensors"
+def pretrained_path(arch: str, original: str, cnn_width: int = 16) -> Path:
+    # a cnn of another width is another model: its own file, so pre-training it keeps the preset's
+    name = f"cnn-w{cnn_width}" if arch == "cnn" and cnn_width != 16 else arch
+    return PRETRAINED_DIR / f"{name}_{original}.safetensors"
 
 
 def _pretrain_command(args) -> str:
-    return f"python classification/pretrain.py --arch {args.arch} --original {args.original} --img_size {args.img_size}"
+    width = f" --cnn_width {args.cnn_width}" if args.arch == "cnn" and args.cnn_width != 16 else ""
+    return (f"python classification/pretrain.py --arch {args.arch} --original {args.original} "
+            f"--img_size {args.img_size}{width}")
 
 
 def build_model(args, start: str) -> nn.Module:
@@ -206,7 +210,7 @@ def build_model(args, start: str) -> nn.Module:
     if args.pretrained == "torchvision":
         raise ValueError("--pretrained torchvision holds ImageNet weights with 1000 classes; use them to start "
                          f"pre-training instead: {_pretrain_command(args)} --pretrained torchvision")
-    source = Path(args.pretrained) if args.pretrained else pretrained_path(args.arch, args.original)
+    source = Path(args.pretrained) if args.pretrained else pretrained_path(args.arch, args.original, args.cnn_width)
     if not source.exists():
         hint = "pass an existing file" if args.pretrained else "pre-train it first"
         raise FileNotFoundError(f"no pre-trained {args.arch} on {args.original} at {source}; {hint}: "
@@ -221,9 +225,10 @@ def build_model(args, start: str) -> nn.Module:
 
 
 def pretrain(args) -> Path:
-    """Train the original-domain model (cached at classification/pretrained/<arch>_<original>.safetensors)."""
+    """Train the original-domain model (cached at classification/pretrained/<arch>_<original>.safetensors;
+    a cnn of another --cnn_width at cnn-w<width>_<original>.safetensors)."""
     check_names(args)
-    path = pretrained_path(args.arch, args.original)
+    path = pretrained_path(args.arch, args.original, args.cnn_width)
     if path.exists() and not args.force:
         print(f"{path} exists; reusing it (add --force to train again)")
         return path
