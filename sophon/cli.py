@@ -214,14 +214,27 @@ def classification_main(description: str, losses: tuple[str, ...], argv=None):
 
 @user_errors
 def finetune_test_main(description: str, argv=None):
-    from sophon.experiment import STARTS, finetune_test
+    from sophon.experiment import STARTS, compare_checkpoints, finetune_test, named_checkpoints
 
     def extra(p):
         p.add_argument("--start", default="sophon", choices=STARTS, help="where fine-tuning starts")
-        p.add_argument("--path", default=None, help="SOPHON checkpoint (.safetensors) for --start sophon")
+        p.add_argument("--path", nargs="+", default=None, metavar="[NAME=]CKPT",
+                       help="SOPHON checkpoint (.safetensors) for --start sophon; several with --compare")
+        p.add_argument("--compare", action="store_true",
+                       help="attack normal, every --path checkpoint and scratch with the same attacks and seeds, "
+                            "and judge each checkpoint (P, verdicts); a checkpoint is named NAME=CKPT, else by "
+                            "its run folder")
 
     args, setting = parse_setting_args(description, argv, extra=extra)
-    return finetune_test(args, setting, args.start, args.path)
+    paths = args.path or []
+    if args.compare:
+        if not paths:
+            raise ValueError("--compare needs --path: one or more SOPHON checkpoints, e.g. --path "
+                             "ice=results/inverse_loss/<arch>_<dataset>/<time>/checkpoints/final.safetensors")
+        return compare_checkpoints(args, setting, named_checkpoints(paths))
+    if len(paths) > 1:
+        raise ValueError(f"{len(paths)} checkpoints given to --path: add --compare to attack them side by side")
+    return finetune_test(args, setting, args.start, paths[0] if paths else None)
 
 
 @user_errors

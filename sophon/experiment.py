@@ -3,6 +3,7 @@
 protect_and_test(args, loss, setting)   make the normal model non-fine-tunable, then attack normal /
                                         SOPHON / scratch with every attack and seed, judge, write.
 finetune_test(args, setting, start, path)  only the attacks, from one starting point (all three with --tune).
+compare_checkpoints(args, setting, named)  normal, several SOPHON checkpoints and scratch, each judged.
 evaluate(...)                           the shared part: attacks x seeds x starts -> results files.
 """
 
@@ -296,6 +297,46 @@ def load_protected(args, setting, path: str):
             f"{path} does not fit --arch {args.arch} (written for {meta.get('arch')}); "
             f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model
+
+
+def named_checkpoints(specs: list[str]) -> dict[str, str]:
+    """`--path` of --compare: NAME=CKPT, or CKPT named by its run folder
+    (.../<run>/checkpoints/final.safetensors -> <run>). Names must differ and not be normal or scratch."""
+    named = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or "/" in name:  # a bare path (which may itself hold '=')
+            name, path = _run_name(spec), spec
+        if not name or name in ("normal", "scratch") or name in named:
+            raise ValueError(f"--path: the name {name!r} is empty, taken or reserved; name each checkpoint "
+                             "NAME=CKPT, with distinct names other than normal and scratch")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--path {path}: no such file; pass the .safetensors a SOPHON run wrote "
+                                    "(<run>/checkpoints/final.safetensors)")
+        named[name] = path
+    return named
+
+
+def _run_name(path: str) -> str:
+    p = Path(path)
+    return p.parent.parent.name if p.parent.name == "checkpoints" else p.stem
+
+
+def compare_checkpoints(args, setting, checkpoints: dict[str, str], loss: str = "ice") -> Path:
+    """Normal, every checkpoint and scratch under the same attacks and seeds, one table, each checkpoint
+    judged against the same normal and scratch cells (several seeds or variants of a SOPHON run at once)."""
+    args.device = str(device_of(args))
+    task = build_task(args, setting, loss)
+    models = {"normal": setting.build_model(args, "normal")}
+    models.update({name: load_protected(args, setting, path) for name, path in checkpoints.items()})
+    models["scratch"] = setting.build_model(args, "scratch")
+    check_fits(models["normal"], args.attack_list.values())
+    run_dir = new_run_dir(args, "finetune_test")
+    write_args(run_dir, args, setting)
+    attacks = with_tuned(args, task, setting.NAME, models[next(iter(checkpoints))], args.attack_list)
+    evaluate(args, task, setting, run_dir, models, attacks,
+             f"fine-tuning test of {', '.join(checkpoints)}: {args.arch} on {args.dataset}")
+    return run_dir
 
 
 def finetune_test(args, setting, start: str, path: str | None, loss: str = "ice") -> Path:

@@ -47,6 +47,44 @@ def test_finetune_test_from_the_sophon_checkpoint(run):
     assert [r["start"] for r in rows] == ["sophon", "sophon"]
 
 
+def test_compare_judges_each_checkpoint_against_the_same_normal_and_scratch(run):
+    root, model, run_dir = run
+    from sophon import checkpoint
+
+    final = run_dir / "checkpoints" / "final.safetensors"
+    tensors, meta = checkpoint.load(final)
+    other = {k: v * 3 if k.endswith("weight") and v.is_floating_point() else v for k, v in tensors.items()}
+    checkpoint.save(root / "other.safetensors", other, meta)  # another model: its curves must differ
+    out = finetune_test_main("test", SMALL + ["--pretrained", str(model), "--root", str(root), "--compare",
+                                              "--path", f"a={final}", str(root / "other.safetensors"),
+                                              f"c={run_dir / 'checkpoints' / 'last.safetensors'}"])
+    result = json.loads((out / "results.json").read_text())
+    starts = [r["start"] for r in result["rows"]]
+    assert sorted(set(starts)) == ["a", "c", "normal", "other", "scratch"] and len(starts) == 10  # 5 starts x 2 attacks
+    assert sorted(result["worst"]) == ["a", "c", "other"]
+    assert sorted({(v["start"], v["attack"].split(":")[0]) for v in result["verdicts"]}) == [
+        ("a", "adam"), ("a", "sgd"), ("c", "adam"), ("c", "sgd"), ("other", "adam"), ("other", "sgd")]
+    rows = {(r["start"], r["attack"]): r["final"] for r in result["rows"]}
+    attacks = [a for s, a in rows if s == "a"]
+    # final and last hold the same weights at a finished run's end: the same curves; the scaled copy differs
+    assert all(rows[("a", a)] == rows[("c", a)] for a in attacks)
+    assert any(rows[("a", a)] != rows[("other", a)] for a in attacks)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--compare"], "--compare needs --path"),
+    (["--path", "x.safetensors", "y.safetensors"], "add --compare"),
+    (["--compare", "--path", "normal=x.safetensors"], "the name 'normal' is empty, taken or reserved"),
+    (["--compare", "--path", "/nonexistent/final.safetensors"], "--path /nonexistent/final.safetensors: no such file"),
+])
+def test_compare_errors_are_one_line(run, capsys, tmp_path, flags, words):
+    root, model, _ = run
+    line = _error_line(capsys, lambda: finetune_test_main("test", SMALL + ["--pretrained", str(model), "--root",
+                                                                           str(tmp_path)] + flags))
+    assert words in line
+    assert not any(tmp_path.iterdir())
+
+
 def test_resume_of_a_finished_run_adds_iterations(run):
     root, model, run_dir = run
     # Only --resume and the one flag a resumed run may change: everything else comes from args.json.
