@@ -330,13 +330,8 @@ def compare_checkpoints(args, setting, checkpoints: dict[str, str], loss: str = 
     models = {"normal": setting.build_model(args, "normal")}
     models.update({name: load_protected(args, setting, path) for name, path in checkpoints.items()})
     models["scratch"] = setting.build_model(args, "scratch")
-    check_fits(models["normal"], args.attack_list.values())
-    run_dir = new_run_dir(args, "finetune_test")
-    write_args(run_dir, args, setting)
-    attacks = with_tuned(args, task, setting.NAME, models[next(iter(checkpoints))], args.attack_list)
-    evaluate(args, task, setting, run_dir, models, attacks,
-             f"fine-tuning test of {', '.join(checkpoints)}: {args.arch} on {args.dataset}")
-    return run_dir
+    return _attack_and_write(args, task, setting, models, next(iter(checkpoints)),
+                             f"fine-tuning test of {', '.join(checkpoints)}: {args.arch} on {args.dataset}")
 
 
 def finetune_test(args, setting, start: str, path: str | None, loss: str = "ice") -> Path:
@@ -351,9 +346,15 @@ def finetune_test(args, setting, start: str, path: str | None, loss: str = "ice"
              "scratch": lambda: setting.build_model(args, "scratch"),
              "sophon": lambda: load_protected(args, setting, path)}
     models = {s: build[s]() for s in STARTS if s == start or (args.tune and (s != "sophon" or path))}
-    check_fits(models[start], args.attack_list.values())
+    return _attack_and_write(args, task, setting, models, start,
+                             f"fine-tuning test from {start}: {args.arch} on {args.dataset}")
+
+
+def _attack_and_write(args, task, setting, models: dict, target: str, title: str) -> Path:
+    """The attack-only scripts' common end: a finetune_test run folder, `--tune` against `target`, evaluate."""
+    check_fits(models[target], args.attack_list.values())
     run_dir = new_run_dir(args, "finetune_test")
     write_args(run_dir, args, setting)
-    attacks = with_tuned(args, task, setting.NAME, models[start], args.attack_list)
-    evaluate(args, task, setting, run_dir, models, attacks, f"fine-tuning test from {start}: {args.arch} on {args.dataset}")
+    attacks = with_tuned(args, task, setting.NAME, models[target], args.attack_list)
+    evaluate(args, task, setting, run_dir, models, attacks, title)
     return run_dir

@@ -41,10 +41,13 @@ class Classifier(nn.Module):
         return self.head(self.body(x))
 
 
+CNN_WIDTH = 16  # the embedded preset's cnn (--cnn_width); other widths are other models (own pre-trained file)
+
+
 class SmallCNN(nn.Module):
     """Three conv blocks with BatchNorm, global average pooling and one hidden layer."""
 
-    def __init__(self, width: int = 16, hidden: int = 128, in_channels: int = 3):
+    def __init__(self, width: int = CNN_WIDTH, hidden: int = 128, in_channels: int = 3):
         super().__init__()
 
         def block(cin, cout, pool):
@@ -68,7 +71,7 @@ def _split(model: nn.Module, head_path: str) -> Classifier:
     return Classifier(model, head)
 
 
-def build_classifier(arch: str, num_classes: int, cnn_width: int = 16) -> Classifier:
+def build_classifier(arch: str, num_classes: int, cnn_width: int = CNN_WIDTH) -> Classifier:
     """A randomly initialised classifier for `num_classes` classes taking 3-channel images."""
     if arch == "cnn":
         body = SmallCNN(width=cnn_width)

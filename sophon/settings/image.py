@@ -22,8 +22,8 @@ from sophon.config import option
 from sophon.device import device_of
 from sophon.data.images import IMAGE_DATASETS, NUM_CLASSES, load_image_dataset
 from sophon.losses import CLASSIFICATION_LOSSES
-from sophon.models.vision import (IMAGE_ARCHS, build_classifier, input_normalisation, load_weights, read_weights,
-                                  torchvision_weights)
+from sophon.models.vision import (CNN_WIDTH, IMAGE_ARCHS, build_classifier, input_normalisation, load_weights,
+                                  read_weights, torchvision_weights)
 from sophon.task import replace_head
 
 NAME = "image"  # the setting's name in suites and tables
@@ -40,7 +40,7 @@ class ImageConfig:
                                           "all if unset)", above=0)
     original_size: int | None = option(None, "original-domain training subset (all if unset)", above=0)
     test_size: int | None = option(None, "test subset of both domains (all if unset)", above=0)
-    cnn_width: int = option(16, "channels of the first conv of --arch cnn", above=0)
+    cnn_width: int = option(CNN_WIDTH, "channels of the first conv of --arch cnn", above=0)
 
 
 @dataclass
@@ -184,14 +184,14 @@ def build_task(args, suppression: str) -> ImageTask:
         cache_key=key)
 
 
-def pretrained_path(arch: str, original: str, cnn_width: int = 16) -> Path:
+def pretrained_path(arch: str, original: str, cnn_width: int = CNN_WIDTH) -> Path:
     # a cnn of another width is another model: its own file, so pre-training it keeps the preset's
-    name = f"cnn-w{cnn_width}" if arch == "cnn" and cnn_width != 16 else arch
+    name = f"cnn-w{cnn_width}" if arch == "cnn" and cnn_width != CNN_WIDTH else arch
     return PRETRAINED_DIR / f"{name}_{original}.safetensors"
 
 
 def _pretrain_command(args) -> str:
-    width = f" --cnn_width {args.cnn_width}" if args.arch == "cnn" and args.cnn_width != 16 else ""
+    width = f" --cnn_width {args.cnn_width}" if args.arch == "cnn" and args.cnn_width != CNN_WIDTH else ""
     return (f"python classification/pretrain.py --arch {args.arch} --original {args.original} "
             f"--img_size {args.img_size}{width}")
 
