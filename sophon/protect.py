@@ -120,15 +120,17 @@ class Protector:
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         grads = [torch.zeros_like(p) for _, p in params]
         present = torch.zeros(len(params), device=self.task.device)  # environments that gave each a gradient
-        losses = torch.zeros(2, device=self.task.device)
+        losses = torch.zeros(3, device=self.task.device)  # suppression, fine-tuning, finite environments
         for env, seed in distributed.shard(list(zip(envs, seeds))):
             with seeded(seed, self.task.device):
                 result = self.simulator.suppression_gradient(self.model, env, torch.Generator().manual_seed(seed))
+            if result.diverged:
+                continue
             for i, (n, _) in enumerate(params):
                 if n in result.gradient:
                     grads[i] += result.gradient[n]
                     present[i] += 1
-            losses += torch.tensor([result.suppression_loss, result.finetune_loss], device=losses.device)
+            losses += torch.tensor([result.suppression_loss, result.finetune_loss, 1.0], device=losses.device)
         record = {}
         if self.config.probe_weight > 0:
             # The closed-form linear probe: one more attacker, weighted, simulated by the main process.
@@ -147,22 +149,31 @@ class Protector:
                 probe += result.suppression_loss
             losses = torch.cat([losses, probe])
         *grads, present, losses = distributed.sum_tensors(grads + [present, losses])  # a no-op alone
-        suppression, finetune_loss = (losses[:2] / len(envs)).tolist()
-        if len(losses) > 2:
-            record["probe_loss"] = losses[2].item()
-        if not all(math.isfinite(v) for v in [suppression, *record.values()]):
+        finite = int(losses[2].item())
+        record["diverged_attackers"] = len(envs) - finite
+        if finite == 0 and len(losses) == 3:
+            # Every simulated attacker blew up: no information about θ in this step, and no update.
+            self.fts_opt.zero_grad(set_to_none=True)
+            return record
+        # The mean over the attackers that stayed finite (the probe alone counts as one when none did).
+        divisor = finite or len(envs)
+        suppression, finetune_loss = (losses[:2] / divisor).tolist()
+        if len(losses) > 3:
+            record["probe_loss"] = losses[3].item()
+        if finite:
+            record.update(suppression_loss=suppression, finetune_loss=finetune_loss)
+        if not all(math.isfinite(v) for v in record.values()):
             raise NonFiniteLossError(f"suppression loss is {suppression}"
-                                     + (f", probe loss {record['probe_loss']}" if record else ""))
+                                     + (f", probe loss {record['probe_loss']}" if "probe_loss" in record else ""))
         self.fts_opt.zero_grad(set_to_none=True)
         for (_, p), g, seen in zip(params, grads, present):
             if seen > 0:  # a parameter no simulated learner shares (θ's own head) keeps no gradient
-                p.grad = g / len(envs)
+                p.grad = g / divisor
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.grad is not None], CLIP_NORM)
         self.fts_opt.step()
         self.canonicalise()
-        return {"suppression_loss": suppression, "finetune_loss": finetune_loss, "fts_grad_norm": float(grad_norm),
-                **record}
+        return {**record, "fts_grad_norm": float(grad_norm)}
 
     def ntr_step(self) -> dict:
         with seeded(draw_seed(self.generator), self.task.device):

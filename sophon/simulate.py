@@ -129,6 +129,7 @@ class SimulationResult:
     gradient: dict[str, torch.Tensor]  # d(suppression)/dθ', keyed by θ's parameter names
     suppression_loss: float  # mean over the K inner steps
     finetune_loss: float
+    diverged: bool = False  # the simulated attacker's own loss left the finite numbers: no gradient
 
 
 class Simulator:
@@ -207,6 +208,10 @@ class Simulator:
             _requires_grad(frozen, False)
             with precision.autocast():
                 loss = self.task.finetune_loss(learner, support)
+            if not torch.isfinite(loss):
+                # A sampled attacker at the top of its lr range can blow up: that tells nothing about θ,
+                # and its gradient is noise or NaN, so the episode is dropped (not the run stopped).
+                return SimulationResult({}, math.nan, math.nan, diverged=True)
             optimizer_step(loss, optimizer, scaler)
             _requires_grad(frozen, True)
             finetune += loss.item()
@@ -215,6 +220,8 @@ class Simulator:
             # First-order: the suppression loss is differentiated at θ'_k, treating θ'_k as a leaf.
             with precision.autocast():
                 query_loss = self.task.suppression_loss(learner, query)
+            if not torch.isfinite(query_loss) and not scaler.is_enabled():
+                return SimulationResult({}, math.nan, math.nan, diverged=True)
             scale = scaler.get_scale() if scaler.is_enabled() else 1.0
             grads = torch.autograd.grad(scaler.scale(query_loss), shared, allow_unused=True)
             if scale != 1.0 and not all(torch.isfinite(g).all() for g in grads if g is not None):

@@ -246,3 +246,34 @@ def test_simulate_specs_become_the_fixed_attackers_of_every_fts_step(monkeypatch
     with tempfile.TemporaryDirectory() as d:
         P.protect(Headed(), ToyTask(), config, d)
     assert seen == [Environment("sgd", 0.1, 8), Environment("sgd-momentum", 0.01, 8)] * 2
+
+
+def test_an_attacker_that_blows_up_gives_no_gradient():
+    sim = Simulator(ToyTask(), 3, generator=torch.Generator().manual_seed(0))
+    result = sim.suppression_gradient(Headed(), Environment("sgd", 1e30, 8))
+    assert result.diverged and result.gradient == {}
+    assert not sim.suppression_gradient(Headed(), Environment("sgd", 0.1, 8)).diverged
+
+
+def test_fts_step_averages_over_the_attackers_that_stayed_finite(monkeypatch, tmp_path):
+    """A diverged sampled attacker is dropped, not averaged in as zero and not a reason to stop the run:
+    θ's gradient is the finite attacker's alone; with none finite, θ is not moved by the FTS step."""
+    from sophon import protect as P
+    from sophon.simulate import SimulationResult
+
+    model = Headed()
+    direction = {n: torch.full_like(p, 0.05) for n, p in model.named_parameters() if n.startswith("body")}
+    outcomes = iter([SimulationResult(direction, 1.0, 1.0), SimulationResult({}, float("nan"), float("nan"), True),
+                     SimulationResult({}, float("nan"), float("nan"), True),
+                     SimulationResult({}, float("nan"), float("nan"), True)])
+    monkeypatch.setattr(P.Simulator, "suppression_gradient", lambda self, m, env, g=None: next(outcomes))
+    config = P.ProtectConfig(environments=[Environment("sgd", 0.1, 8), Environment("sgd", 1e30, 8)],
+                             total_loop=1, test_iterval=10, bs=8, finetune_epochs=0, guard=0)
+    protector = P.Protector(model, ToyTask(), config, tmp_path)
+    grads = []
+    monkeypatch.setattr(protector.fts_opt, "step", lambda: grads.append(model.body.weight.grad.clone()))
+    first = protector.fts_step()
+    assert first["diverged_attackers"] == 1 and first["suppression_loss"] == 1.0
+    torch.testing.assert_close(grads[0], direction["body.weight"])  # not halved by the diverged one
+    second = protector.fts_step()
+    assert second == {"diverged_attackers": 2} and len(grads) == 1
