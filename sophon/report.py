@@ -20,7 +20,7 @@ from sophon import verdict as V
 COLOURS = {"normal": "#1f77b4", "scratch": "#7f7f7f", "sophon": "#d62728", "sophon-ice": "#d62728",
            "sophon-dos": "#d62728", "sophon-klu": "#ff7f0e", "sophon-mse": "#ff7f0e",
            "sophon-ice-released": "#9467bd"}
-_SPARE = ("#2ca02c", "#8c564b", "#e377c2", "#17becf")
+_SPARE = ("#2ca02c", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79", "#e7969c")
 
 
 def colour(start: str, order: int = 0) -> str:
@@ -138,8 +138,11 @@ def plot_panels(curves: dict, metric: str, path: str | Path, title: str = "",
     rows = -(-len(attacks) // cols)
     height = 2.7 * rows + 0.9  # inches: the panels, then a line for the title and one for the legend
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, height), squeeze=False, sharey=True)
+    # Starts without a fixed colour take the spare ones in turn, so that no two share one.
+    spare = {s: i for i, s in enumerate(s for s in curves if s not in COLOURS)}
     for ax, attack in zip(axes.flat, attacks):
-        for i, (start, by) in enumerate(curves.items()):
+        for start, by in curves.items():
+            i = spare.get(start, 0)
             if attack not in by:
                 continue
             length = min(len(c) for c in by[attack])

@@ -150,3 +150,17 @@ def test_separation_seeds_add_seeds_to_every_start_where_normal_and_scratch_sepa
     calls.clear()
     args.separation_seeds = 3
     assert experiment.more_seeds(args, models, Task, ATTACKS, shared) is shared and not calls
+
+
+def test_every_start_of_a_figure_has_its_own_colour(tmp_path, monkeypatch):
+    """Fixed colours for the named starts; the others (seeds, variants, controls) never share one."""
+    from matplotlib.figure import Figure
+
+    starts = ["normal", "sophon-ice", "s0", "s1", "s2", "ice", "klu", "ntr-only", "scratch"]
+    curves = {s: {"x": [curve(0.1, 0.5, 0.6)] * 2} for s in starts}
+    seen = {}
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: seen.update(
+        {line.get_label(): line.get_color() for line in fig.axes[0].get_lines()}))
+    report.plot_panels(curves, "accuracy", tmp_path / "c.png", "t")
+    assert list(seen) == starts and len(set(seen.values())) == len(starts)
+    assert seen["normal"] == report.COLOURS["normal"] and seen["sophon-ice"] == report.COLOURS["sophon-ice"]
