@@ -151,14 +151,14 @@ class Protector:
         *grads, present, losses = distributed.sum_tensors(grads + [present, losses])  # a no-op alone
         finite = int(losses[2].item())
         record["diverged_attackers"] = len(envs) - finite
-        if finite == 0 and len(losses) == 3:
+        if finite == 0 and not self.config.probe_weight > 0:
             # Every simulated attacker blew up: no information about θ in this step, and no update.
             self.fts_opt.zero_grad(set_to_none=True)
             return record
         # The mean over the attackers that stayed finite (the probe alone counts as one when none did).
         divisor = finite or len(envs)
         suppression, finetune_loss = (losses[:2] / divisor).tolist()
-        if len(losses) > 3:
+        if self.config.probe_weight > 0:
             record["probe_loss"] = losses[3].item()
         if finite:
             record.update(suppression_loss=suppression, finetune_loss=finetune_loss)

@@ -23,8 +23,10 @@ COLOURS = {"normal": "#1f77b4", "scratch": "#7f7f7f", "sophon": "#d62728", "soph
 _SPARE = ("#2ca02c", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79", "#e7969c")
 
 
-def colour(start: str, order: int = 0) -> str:
-    return COLOURS.get(start, _SPARE[order % len(_SPARE)])
+def colours(starts) -> dict[str, str]:
+    """Each start's colour in one figure: its fixed one, else the next spare one, so that no two share one."""
+    spare = [s for s in starts if s not in COLOURS]
+    return {s: COLOURS.get(s) or _SPARE[spare.index(s) % len(_SPARE)] for s in starts}
 
 
 def summarise_rows(curves: dict, specs: dict, metric: str, higher_is_better: bool,
@@ -138,19 +140,17 @@ def plot_panels(curves: dict, metric: str, path: str | Path, title: str = "",
     rows = -(-len(attacks) // cols)
     height = 2.7 * rows + 0.9  # inches: the panels, then a line for the title and one for the legend
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, height), squeeze=False, sharey=True)
-    # Starts without a fixed colour take the spare ones in turn, so that no two share one.
-    spare = {s: i for i, s in enumerate(s for s in curves if s not in COLOURS)}
+    palette = colours(curves)
     for ax, attack in zip(axes.flat, attacks):
         for start, by in curves.items():
-            i = spare.get(start, 0)
             if attack not in by:
                 continue
             length = min(len(c) for c in by[attack])
             values = np.array([[r[metric] for r in c[:length]] for c in by[attack]], dtype=float)
             epochs = [r["epoch"] for r in by[attack][0][:length]]
             mean, std = values.mean(0), values.std(0, ddof=1) if len(values) > 1 else np.zeros(length)
-            ax.plot(epochs, mean, color=colour(start, i), label=start, lw=1.6)
-            ax.fill_between(epochs, mean - std, mean + std, color=colour(start, i), alpha=0.2, lw=0)
+            ax.plot(epochs, mean, color=palette[start], label=start, lw=1.6)
+            ax.fill_between(epochs, mean - std, mean + std, color=palette[start], alpha=0.2, lw=0)
         if baseline is not None:
             ax.axhline(baseline[1], color="black", ls=":", lw=1.2, label=baseline[0])
         ax.set_title(attack, fontsize=7.5)

@@ -19,7 +19,7 @@ from sophon.attack import AttackSpecError, finetune, parse_attack
 from sophon.cli import fail, parse_setting_args, user_errors
 from sophon.device import device_of
 from sophon.experiment import build_task, load_protected
-from sophon.report import colour
+from sophon.report import colours
 
 
 @torch.no_grad()
@@ -55,8 +55,9 @@ def plot(result: dict, path: Path) -> None:
     width = result["timesteps"] // result["bands"]
     x = [width * (b + 0.5) for b in range(result["bands"])]
     for ax, panel in zip(axes[0], panels):
-        for i, (start, rows) in enumerate(result["mse"].items()):
-            ax.plot(x, rows[panel], marker="o", ms=3, color=colour(start, i), label=start)
+        palette = colours(result["mse"])
+        for start, rows in result["mse"].items():
+            ax.plot(x, rows[panel], marker="o", ms=3, color=palette[start], label=start)
         ax.set_title(panel.replace(", after ", ",\nafter "), fontsize=9)
         ax.set_xlabel("timestep t")
         ax.set_yscale("log")

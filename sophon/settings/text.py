@@ -77,7 +77,8 @@ PRESETS = {
     # The SOPHON recipe is the one that held every separating attack (3 SOPHON seeds, README): a new simulated
     # attacker pair every FTS step (Adam, RMSprop, ... at u/10..10u; a fixed plain-SGD one taught nothing, it
     # does not move this model), 20 inner steps, the closed-form linear probe, and an FTS step of 3 x lr (at
-    # 1 x lr the model did no better than NTR alone). 0.8-1.4 s per iteration on a shared H100, 16-55 s on 2 cores.
+    # 1 x lr without the probe ICE held 3 of 6, KLU 2, NTR alone 2). 0.8-1.4 s per iteration on a shared H100,
+    # 16-55 s on 2 cores.
     "smollm2-cut": dict(dataset="RT", original="NEWS", blocks=2, max_len=40, pool="mean", train_size=1000,
                         alpha=3.0, beta=1.0, fast_lr=1e-2, total_loop=150, test_iterval=10, finetune_epochs=0,
                         attackers="sampled", envs=2, adaptation_steps=20, suppress_every=5, late_weight=1.0,
