@@ -1,9 +1,10 @@
 """`python reproduce.py`: every table of the README, from nothing, resumable.
 
 For each setting: pre-train the normal model (cached), run SOPHON with both of its losses
-(results/reproduce/<setting>/<loss>/, resumed or reused when there), tune an attacker against each
-protected model (Optuna, cached in that folder as tuned.json), then attack normal, both SOPHON
-models and scratch with the tuned attackers and the suite, every seed, and write
+(results/reproduce/<setting>/<loss>/, resumed or reused when there; with --arch, another model of
+one setting, e.g. text's smollm2-cut: results/reproduce/<setting>-<arch>/ and tables
+<setting>-<arch>.*), tune an attacker against each protected model (Optuna, cached in that folder
+as tuned.json), then attack normal, both SOPHON models and scratch with the tuned attackers and the suite, every seed, and write
 results/tables/<setting>.{md,csv,json,png} and results/tables/summary.md. Finished attack cells
 come from results/attack_cache, so a second run skips them.
 """
@@ -20,6 +21,7 @@ from sophon.config import SUITE_NAMES, AttackConfig, LoopConfig, RunConfig, fiel
 from sophon.device import device_of
 from sophon.experiment import build_task, evaluate, load_protected, protect_model
 from sophon.resume import may_change
+from sophon.settings import SETTING_ARCHS
 
 # setting -> (arch of the embedded preset, its two suppression losses, kind for the parser)
 SETTINGS = {"text": ("tiny-gpt2", ("ice", "klu"), ("text", "image")),
@@ -40,11 +42,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tune", type=int, default=DEFAULT_TUNE, help="Optuna trials of the tuned attacker (0: off)")
     p.add_argument("--root", default=RunConfig.root)
     p.add_argument("--device", default=RunConfig.device)
-    p.add_argument("--data_root", default=None, help="real datasets (paper presets need --arch flags too)")
+    p.add_argument("--data_root", default=None, help="real datasets (the paper's presets need --arch too)")
+    p.add_argument("--arch", default=None,
+                   help="with one --setting: another model of that setting than its embedded preset (e.g. text: "
+                        "smollm2-cut, on a GPU); runs in results/reproduce/<setting>-<arch>/, table "
+                        "results/tables/<setting>-<arch>.*")
     p.add_argument("--protect_seeds", type=int, default=1,
                    help="SOPHON runs per loss, seeds 0..N-1 (the attack seeds stay the same); the summary gives "
                         "the held count of each and their mean and spread")
     return p
+
+
+def arch_of(setting: str, opts) -> str:
+    return opts.arch or SETTINGS[setting][0]
+
+
+def table_name(setting: str, opts) -> str:
+    """The name of a setting's table and run folders: the setting for its embedded preset, else setting-arch, so
+    that another model's table never overwrites (or reuses the runs of) the preset's."""
+    arch = arch_of(setting, opts)
+    return setting if arch == SETTINGS[setting][0] else f"{setting}-{arch}"
 
 
 def protected_name(loss: str, seed: int) -> str:
@@ -53,6 +70,8 @@ def protected_name(loss: str, seed: int) -> str:
 
 
 def _pretrain(setting: str, arch: str, common: list[str]) -> None:
+    if setting == "text" and arch != "tiny-gpt2":
+        return  # GPT-2 and SmolLM2 come pre-trained: load_pretrained reads them when the run starts
     if setting == "diffusion":
         from sophon.settings import diffusion
 
@@ -112,13 +131,14 @@ def _argv(setting: str, opts) -> tuple[list[str], list[str]]:
     common = ["--root", opts.root, "--device", opts.device] + (["--data_root", opts.data_root] if opts.data_root else [])
     seeds = ["--seeds", str(opts.seeds)] + (["--separation_seeds", str(opts.separation_seeds)]
                                             if opts.separation_seeds else [])
-    return ["--arch", SETTINGS[setting][0], "--suite", opts.suite] + seeds + common, common
+    return ["--arch", arch_of(setting, opts), "--suite", opts.suite] + seeds + common, common
 
 
 def plan(setting: str, opts) -> list[tuple]:
     """(loss, seed, start name, run folder, args, setting module) of every SOPHON run; a folder made with other
     flags than the preset (of that arch and loss) now gives is refused here, before any long work starts, and kept."""
-    arch, losses, kind = SETTINGS[setting]
+    _, losses, kind = SETTINGS[setting]
+    arch = arch_of(setting, opts)
     argv, _ = _argv(setting, opts)
     runs = []
     for loss in losses:
@@ -126,7 +146,8 @@ def plan(setting: str, opts) -> list[tuple]:
             args, module = parse_setting_args(f"reproduce {setting}", argv + ["--seed", str(seed)], kind=kind,
                                               default_arch=arch, loss=loss)  # the loss's own preset, where it has one
             name = protected_name(loss, seed)
-            run_dir = Path(opts.root) / "reproduce" / setting / name.removeprefix("sophon-")  # ice, ice-seed1 ...
+            folder = name.removeprefix("sophon-")  # ice, ice-seed1 ...
+            run_dir = Path(opts.root) / "reproduce" / table_name(setting, opts) / folder
             changed = stale_field(args, module, run_dir)
             if changed:
                 fail(f"{run_dir} was made with other flags than the {arch} preset now gives ({changed}); "
@@ -136,7 +157,8 @@ def plan(setting: str, opts) -> list[tuple]:
 
 
 def run_setting(setting: str, opts, runs: list[tuple]) -> dict:
-    arch, losses, kind = SETTINGS[setting]
+    _, losses, kind = SETTINGS[setting]
+    arch, stem = arch_of(setting, opts), table_name(setting, opts)
     argv, common = _argv(setting, opts)
     started = time.perf_counter()
     if distributed.is_main():  # the others wait for the cached pre-trained model
@@ -160,13 +182,13 @@ def run_setting(setting: str, opts, runs: list[tuple]) -> dict:
     attacks.update(args.attack_list)
     out = Path(opts.root) / "tables"
     title = f"{setting}: {arch} on {args.dataset} (original {args.original}), suite {opts.suite}"
-    result = evaluate(args, task, module, out, models, attacks, title, stem=setting, figure=setting)
+    result = evaluate(args, task, module, out, models, attacks, title, stem=stem, figure=stem)
     result["minutes"] = (time.perf_counter() - started) / 60
     result["suite"] = opts.suite
     result["runs"] = {name: str(d) for name, d in folders.items()}
     result["protect_seeds"] = opts.protect_seeds
     if distributed.is_main():
-        (out / f"{setting}.json").write_text(json.dumps(report.jsonable(result), indent=1))
+        (out / f"{stem}.json").write_text(json.dumps(report.jsonable(result), indent=1))
     return result
 
 
@@ -218,22 +240,29 @@ def seed_lines(setting: str, result: dict) -> list[str]:
     return lines
 
 
+def tables(out: Path) -> list[str]:
+    """The names of the tables in `out` in the summary's order: each setting's preset, then its other models."""
+    names = []
+    for setting in SETTINGS:
+        others = sorted(p.stem for p in out.glob(f"{setting}-*.json") if not p.stem.endswith("_curves"))
+        names += [n for n in [setting] + others if (out / f"{n}.json").exists()]
+    return names
+
+
 def write_summary(out: Path) -> str:
-    """summary.md: the latest table of every setting, however many calls made them."""
+    """summary.md: the latest table of every setting (and of every other model run with --arch), however many
+    calls made them."""
     lines = ["| setting | SOPHON model | suite | held / separating attacks | worst case | original metric | minutes |",
              "|---|---|---|---|---|---|---|"]
-    for setting in SETTINGS:
-        if (out / f"{setting}.json").exists():
-            lines += summary_lines(setting, json.loads((out / f"{setting}.json").read_text()))
-    seeds = []
-    for setting in SETTINGS:
-        if (out / f"{setting}.json").exists():
-            seeds += seed_lines(setting, json.loads((out / f"{setting}.json").read_text()))
+    results = {name: json.loads((out / f"{name}.json").read_text()) for name in tables(out)}
+    for name, result in results.items():
+        lines += summary_lines(name, result)
+    seeds = [line for name, result in results.items() for line in seed_lines(name, result)]
     if seeds:
         seeds = ["", "Across SOPHON seeds (`--protect_seeds`), the held count of each seed:", "",
                  "| setting | SOPHON models | held / separating | lowest P over the seeds |", "|---|---|---|---|"] + seeds
-    head = ("Latest `python reproduce.py` table of each setting (`results/tables/<setting>.md`); minutes are "
-            "the last call's wall time for that setting.")
+    head = ("Latest `python reproduce.py` table of each setting (`results/tables/<setting>.md`; another model "
+            "than the preset: `<setting>-<arch>.md`); minutes are the last call's wall time for that table.")
     text = "\n".join(["# SOPHON, every setting", "", head, ""] + lines + seeds) + "\n"
     (out / "summary.md").write_text(text)
     return text
@@ -243,7 +272,12 @@ def write_summary(out: Path) -> str:
 def main(argv=None) -> Path:
     opts = parser().parse_args(argv)
     if opts.seeds < 1 or opts.tune < 0 or opts.protect_seeds < 1:
-        parser().error("--seeds and --protect_seeds must be at least 1, --tune at least 0")
+        fail("--seeds and --protect_seeds must be at least 1, --tune at least 0")
+    if opts.arch and opts.setting == "all":
+        fail(f"--arch {opts.arch} needs one --setting: text, image or diffusion")
+    if opts.arch and opts.arch not in SETTING_ARCHS[opts.setting]:
+        fail(f"--arch {opts.arch} is not one of the {opts.setting} models: "
+                       f"{', '.join(SETTING_ARCHS[opts.setting])}")
     settings = list(SETTINGS) if opts.setting == "all" else [opts.setting]
     runs = {setting: plan(setting, opts) for setting in settings}  # a bad flag or a stale run stops here
     out = Path(opts.root) / "tables"

@@ -64,3 +64,56 @@ def test_reproduce_refuses_a_run_made_by_another_preset_before_any_work(tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "adaptation_steps: 10" in err and "klu-seed1" in err
     assert (run_dir / "args.json").exists()
+
+
+def test_reproduce_runs_another_model_of_a_setting_in_its_own_folders(tmp_path, monkeypatch, capsys):
+    """--arch puts another model of one setting (the smollm2-cut LM) through the same table, with its own preset,
+    run folders and table name, so it never reuses or overwrites the embedded preset's runs; a name that is not a
+    model of that setting, or --arch without one setting, is one line before any work."""
+    from sophon import reproduce
+
+    opts = reproduce.parser().parse_args(["--setting", "text", "--arch", "smollm2-cut", "--root", str(tmp_path)])
+    runs = reproduce.plan("text", opts)
+    assert [run_dir.relative_to(tmp_path).as_posix() for *_, run_dir, _, _ in runs] == [
+        "reproduce/text-smollm2-cut/ice", "reproduce/text-smollm2-cut/klu"]
+    default = reproduce.plan("text", reproduce.parser().parse_args(["--setting", "text", "--root", str(tmp_path)]))
+    assert [run_dir.relative_to(tmp_path).as_posix() for *_, run_dir, _, _ in default] == [
+        "reproduce/text/ice", "reproduce/text/klu"]
+    for (*_, args, _), (*_, preset, _) in zip(runs, default):
+        assert args.arch == "smollm2-cut" and preset.arch == "tiny-gpt2"
+        assert (args.attackers, args.alpha, args.probe_weight) == ("sampled", 3.0, 0.1)  # smollm2-cut's preset
+        assert preset.attackers == "fixed"
+
+    def no_work(*_):
+        raise AssertionError("work started before the flags were checked")
+
+    monkeypatch.setattr(reproduce, "_pretrain", no_work)
+    for argv, words in ((["--arch", "smollm2-cut"], "needs one --setting"),
+                        (["--setting", "image", "--arch", "smollm2-cut"], "not one of the image models"),
+                        (["--setting", "text", "--arch", "gpt-5"], "not one of the text models")):
+        with pytest.raises(SystemExit) as exit_:
+            reproduce.main(argv + ["--root", str(tmp_path)])
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1 and words in err, (argv, err)
+
+
+def test_summary_gives_every_table_of_a_setting_in_order(tmp_path):
+    """summary.md has the preset's rows, then those of every other model of the setting (--arch), each labelled
+    with its table name; the curves files beside them are not tables."""
+    from sophon.reproduce import write_summary
+
+    def table(accuracy, held):
+        worst = {"held": held, "separating": 6, "attacks": 9, "attack": "adam:0.0003", "protection": 0.5 + held / 10,
+                 "verdict": "held" if held > 3 else "not held"}
+        return {"rows": [{"start": "normal", "original": {"perplexity": 100.0}},
+                         {"start": "sophon-ice", "original": {"perplexity": accuracy}}],
+                "worst": {"sophon-ice": worst}, "minutes": 1.0, "suite": "quick", "seeds": [0, 1, 2]}
+
+    (tmp_path / "text-smollm2-cut.json").write_text(json.dumps(table(300.0, 6)))
+    (tmp_path / "text.json").write_text(json.dumps(table(110.0, 1)))
+    (tmp_path / "image.json").write_text(json.dumps(table(120.0, 4)))
+    (tmp_path / "text-smollm2-cut_curves.json").write_text("[]")  # not a table
+    rows = [line for line in write_summary(tmp_path).splitlines() if line.startswith("| text") or line.startswith("| image")]
+    assert [row.split(" | ")[0] for row in rows] == ["| text", "| text-smollm2-cut", "| image"]
+    assert "6 / 6 (of 9)" in rows[1] and "perplexity 300 vs normal 100" in rows[1]
+    assert "1 / 6 (of 9)" in rows[0] and "perplexity 110 vs normal 100" in rows[0]
