@@ -3,10 +3,11 @@
 For each setting: pre-train the normal model (cached), run SOPHON with both of its losses
 (results/reproduce/<setting>/<loss>/, resumed or reused when there; with --arch, another model of
 one setting, e.g. text's smollm2-cut: results/reproduce/<setting>-<arch>/ and tables
-<setting>-<arch>.*), tune an attacker against each protected model (Optuna, cached in that folder
-as tuned.json), then attack normal, both SOPHON models and scratch with the tuned attackers and the
-suite, every seed, and write results/tables/<setting>.{md,csv,json,png} and results/tables/summary.md. Finished attack cells
-come from results/attack_cache, so a second run skips them.
+<setting>-<arch>.*), tune an attacker against each protected model (Optuna, cached in that folder as
+tuned.json), then attack normal, both SOPHON models and scratch with the tuned attackers and the
+suite, every seed, and write results/tables/<setting>.{md,csv,json,png} and
+results/tables/summary.md. Finished attack cells come from results/attack_cache, so a second run
+skips them.
 """
 
 import argparse
