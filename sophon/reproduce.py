@@ -277,8 +277,7 @@ def main(argv=None) -> Path:
     if opts.arch and opts.setting == "all":
         fail(f"--arch {opts.arch} needs one --setting: text, image or diffusion")
     if opts.arch and opts.arch not in SETTING_ARCHS[opts.setting]:
-        fail(f"--arch {opts.arch} is not one of the {opts.setting} models: "
-                       f"{', '.join(SETTING_ARCHS[opts.setting])}")
+        fail(f"--arch {opts.arch} is not one of the {opts.setting} models: {', '.join(SETTING_ARCHS[opts.setting])}")
     settings = list(SETTINGS) if opts.setting == "all" else [opts.setting]
     runs = {setting: plan(setting, opts) for setting in settings}  # a bad flag or a stale run stops here
     out = Path(opts.root) / "tables"

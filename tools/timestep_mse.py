@@ -54,8 +54,8 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     width = result["timesteps"] // result["bands"]
     x = [width * (b + 0.5) for b in range(result["bands"])]
+    palette = colours(result["mse"])
     for ax, panel in zip(axes[0], panels):
-        palette = colours(result["mse"])
         for start, rows in result["mse"].items():
             ax.plot(x, rows[panel], marker="o", ms=3, color=palette[start], label=start)
         ax.set_title(panel.replace(", after ", ",\nafter "), fontsize=9)
