@@ -195,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@distributed.entry_point
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)

@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import fields
 
+from sophon import distributed
 from sophon.config import SHARED, build, value_type
 from sophon.device import device_of
 from sophon.resume import may_change, refuse_changes, saved_args
@@ -32,6 +33,7 @@ def user_errors(main):
     from sophon.checkpoint import CheckpointError
     from sophon.protect import NonFiniteLossError
 
+    @distributed.entry_point
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:

@@ -12,6 +12,7 @@ Without a launcher this is one process and every function here is the identity o
 import atexit
 import datetime
 import functools
+import logging
 import os
 import socket
 import sys
@@ -33,12 +34,42 @@ def state():
     return s
 
 
+_ended: list[int] = []  # the exit codes of the entry points that ended in this process, last one last
+
+
+def entry_point(main):
+    """Decorator for a script's entry point: remembers the exit code it ends with, so that a launched
+    process can end with that code as soon as its process group is gone (see _close)."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            result = main(*args, **kwargs)
+        except SystemExit as err:
+            _ended.append(err.code if isinstance(err.code, int) else 0 if err.code is None else 1)
+            raise
+        except BaseException:
+            _ended.append(1)
+            raise
+        _ended.append(0)
+        return result
+    return wrapper
+
+
 def _close(s) -> None:
     """At exit: without destroying the process group, torchrun's children abort with a live one; and
     a process that tears it down while another still writes (the main one) can abort both, so all
-    meet first."""
+    meet first. Even then gloo's threads now and then abort the interpreter's own teardown after a
+    run that has finished ("terminate called without an active exception", SIGABRT), so a process
+    whose entry point said how it ended leaves with that code and skips the teardown; its messages
+    and traceback are already printed, its files written and closed."""
     s.wait_for_everyone()
     s.destroy_process_group()
+    if _ended:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_ended[-1])
 
 
 def launched() -> bool:

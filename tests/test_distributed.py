@@ -84,3 +84,38 @@ def test_attack_cells_shared_by_two_processes_give_the_same_curves(tmp_path):
     assert one == two
     assert len(one["normal"]) == 3 and all(len(per_seed) == 2 for per_seed in one["normal"].values())
     assert one["normal"] != one["scratch"]
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_a_launched_process_leaves_with_its_entry_points_code_and_skips_the_teardown(code, tmp_path):
+    """gloo's threads can abort the interpreter's teardown after a finished run (SIGABRT), so a launched
+    process ends straight after its process group; the worker's own atexit message shows whether the
+    teardown ran (it does in one process, without a launcher)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    for processes in (1, 2):
+        command = distributed.launch_command(processes) + [str(WORKER), str(tmp_path), "0", "--exit", str(code)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.stdout.count(f"processes: {processes}") == processes
+        assert done.stdout.count("teardown ran") == (1 if processes == 1 else 0)
+        if processes == 1 or code == 0:
+            assert done.returncode == code, done.stderr[-3000:]
+        else:  # the launcher fails and names each process's code
+            assert done.returncode != 0 and done.stderr.count(f"exitcode  : {code}") == processes
+
+
+def test_an_entry_point_records_the_exit_code_its_script_ends_with(monkeypatch):
+    monkeypatch.setattr(distributed, "_ended", [])
+
+    def ending(how):
+        @distributed.entry_point
+        def main():
+            if isinstance(how, BaseException):
+                raise how
+            return how
+        return main
+
+    assert ending("result")() == "result"
+    for how in (SystemExit(2), SystemExit(None), SystemExit("error: a message"), KeyError("bug"), KeyboardInterrupt()):
+        with pytest.raises(type(how)):
+            ending(how)()
+    assert distributed._ended == [0, 2, 0, 1, 1, 1]
