@@ -48,6 +48,9 @@ def entry_point(main):
         except SystemExit as err:
             _ended.append(err.code if isinstance(err.code, int) else 0 if err.code is None else 1)
             raise
+        except KeyboardInterrupt:
+            _ended.append(130)  # the shell's code for a process stopped by Ctrl-C
+            raise
         except BaseException:
             _ended.append(1)
             raise

@@ -118,4 +118,4 @@ def test_an_entry_point_records_the_exit_code_its_script_ends_with(monkeypatch):
     for how in (SystemExit(2), SystemExit(None), SystemExit("error: a message"), KeyError("bug"), KeyboardInterrupt()):
         with pytest.raises(type(how)):
             ending(how)()
-    assert distributed._ended == [0, 2, 0, 1, 1, 1]
+    assert distributed._ended == [0, 2, 0, 1, 1, 130]
