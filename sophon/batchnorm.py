@@ -1,12 +1,13 @@
 """BatchNorm statistics that belong to the weights they sit on.
 
 During SOPHON a BatchNorm layer's running statistics are an exponential average over the last few
-NTR batches, while every FTS step moves the weights under them. The statistics then lag the
-weights, and the model scores worse in eval mode than its weights allow: on the `cnn` preset,
-recomputing them on the final weights lifted FASHION accuracy by 1.5-5 points (README). Training
-and the attacks' full fine-tuning use batch statistics, so only eval-mode scores (the guard, the
-released model, a linear probe's frozen body) see the lag. `recalibrate_` recomputes the running
-statistics from original-domain data, as the defender would before releasing a model.
+NTR batches, while every FTS step moves the weights under them. The statistics then lag the weights,
+and the model scores worse in eval mode than its weights allow: on the `cnn` preset, recomputing
+them on the final weights lifted FASHION accuracy by 1.5-5 points
+(docs/experiments/image-batchnorm-statistics.md). Training and the attacks' full fine-tuning use
+batch statistics, so only eval-mode scores (the guard, the released model, a linear probe's frozen
+body) see the lag. `recalibrate_` recomputes the running statistics from original-domain data, as
+the defender would before releasing a model.
 """
 
 import torch

@@ -87,7 +87,8 @@ class Protector:
         self.ntr_scaler = self.precision.scaler()
         self.simulator = Simulator(task, config.adaptation_steps, config.query_fraction, self.generator,
                                    config.suppress_every, config.late_weight, config.query_bs)
-        # --canonical_scale: the BatchNorm-fed channels θ is kept at default-init norm on (README, rescale=1).
+        # --canonical_scale: the BatchNorm-fed channels θ is kept at default-init norm on
+        # (docs/experiments/image-weight-scale.md).
         self.scale_pairs = require_pairs(model, "--canonical_scale") if config.canonical_scale else []
         self.canonicalise()
         self.iteration = 0

@@ -67,20 +67,20 @@ _PAPER = dict(
     suite_lr_scale=0.1,  # suites around Adam 1e-4, as the paper's attacks
 )
 PRESETS = {
-    # The simulation of the best variant measured (README, issue 11; 3 SOPHON seeds per loss): 100 simulated steps,
-    # the attacks' whole horizon (300 digits, batch 32, 10 epochs), with the suppression gradient every 10th
-    # weighted toward late ones, a closed-form linear probe (its gradient is ~100x the simulated attacker's, hence a
-    # weight below 1) whose ridge head is fitted on 236 of the 300 digits with a strong penalty, and a second NTR
-    # step per iteration that keeps the original domain above the guard. About 12.5 min per run on 2 cores. K = 40
-    # held 5.7 of 9 separating attacks under ICE, K = 100 8.0; the probe weight 0.08 (from 0.005) lifted KLU from
-    # 6.0 to 7.3 held, and the ridge penalty 1 (from 0.1) the linear probe's P by 0.03-0.04 at every ICE seed.
-    # (Those counts are at 3 attack seeds. At 10, 15 attacks separate and Adam after a FASHION phase and Adadelta
-    # at lr 10 are held by no model; ridge 3 or 10 gave the probe nothing more.) Every step puts θ back on
-    # default-init channel norms (--canonical_scale): without it, SOPHON hid much of its protection in weight scale,
-    # which an attacker undoes for free (rescale=1 took the held count from 12-13 to 5-6 of 15; README).
-    # Three NTR steps per iteration (from two): with the BatchNorm statistics recomputed (--recalibrate_bn), FASHION
-    # 84.9-85.8 % at six SOPHON runs against 82.4-83.9 % with two (README, "Stale BatchNorm statistics"). Both ICE
-    # and KLU override it with two (LOSS_PRESETS below), which hold more; --loss ice-released keeps three.
+    # The simulation of the best variant measured (issue 11; 3 SOPHON seeds per loss): 100 simulated steps, the
+    # attacks' whole horizon (300 digits, batch 32, 10 epochs), with the suppression gradient every 10th weighted toward
+    # late ones, a closed-form linear probe (its gradient is ~100x the simulated attacker's, hence a weight below 1)
+    # whose ridge head is fitted on 236 of the 300 digits with a strong penalty, and a second NTR step per iteration
+    # that keeps the original domain above the guard. About 12.5 min per run on 2 cores. K = 40 held 5.7 of 9 separating
+    # attacks under ICE, K = 100 8.0; the probe weight 0.08 (from 0.005) lifted KLU from 6.0 to 7.3 held, and the ridge
+    # penalty 1 (from 0.1) the linear probe's P by 0.03-0.04 at every ICE seed. (Those counts are at 3 attack seeds. At
+    # 10, 15 attacks separate and Adam after a FASHION phase and Adadelta at lr 10 are held by no model; ridge 3 or 10
+    # gave the probe nothing more.) Every step puts θ back on default-init channel norms (--canonical_scale): without
+    # it, SOPHON hid much of its protection in weight scale, which an attacker undoes for free (rescale=1 took the held
+    # count from 12-13 to 5-6 of 15; docs/experiments/image-weight-scale.md). Three NTR steps per iteration (from two):
+    # with the BatchNorm statistics recomputed (--recalibrate_bn), FASHION 84.9-85.8 % at six SOPHON runs against
+    # 82.4-83.9 % with two (docs/experiments/image-batchnorm-statistics.md). Both ICE and KLU override it with two
+    # (LOSS_PRESETS below), which hold more; --loss ice-released keeps three.
     "cnn": dict(_EMBEDDED, img_size=28, adaptation_steps=100, suppress_every=10, late_weight=1.0, probe_weight=0.08,
                 probe_support=236, probe_ridge=1.0, nl_loop=3, canonical_scale=True),
     # About 40x the cnn's compute per image: fewer original examples, shorter loop and attacks.
@@ -94,14 +94,15 @@ PRESETS = {
 
 
 # Per suppression loss, on top of PRESETS. ICE with two NTR steps holds 16, 13, 16 of the 22 attacks that separate
-# (SOPHON seeds 0-2) at 95.9-97.1 % of normal's FASHION; with three it held 11, 11, 10 at 98-99 %: the third step
-# pulls θ back toward the normal model, and the momentum attackers and the linear probe find it (README, "Stale
-# BatchNorm statistics"). KLU was held back by its FTS step, not its loss: at ICE's FTS step (alpha 10; NTR steps of
-# beta 6.25) it held 7-11 of the 22 at five seeds; alpha 12.5 held 16, 15, 11 but left one seed at 94.95 % of normal;
-# with NTR steps of beta 7.5 it keeps 95.7-97.0 % and holds 13, 14, 15 (README, "KLU's FTS step"). The released
-# code's form of ICE (--loss ice-released) was not measured with two steps and keeps three. ICE with NTR steps of
-# beta 4 held 16, 11, 15 (no gain); beta 2.5 held 18 at seed 0, under 95 % of FASHION; the Adam attacks were held
-# only by runs without NTR, at chance on FASHION (README, "The Adam attacks").
+# (SOPHON seeds 0-2) at 95.9-97.1 % of normal's FASHION; with three it held 11, 11, 10 at 98-99 %: the third step pulls
+# θ back toward the normal model, and the momentum attackers and the linear probe find it
+# (docs/experiments/image-batchnorm-statistics.md). KLU was held back by its FTS step, not its loss: at ICE's FTS step
+# (alpha 10; NTR steps of beta 6.25) it held 7-11 of the 22 at five seeds; alpha 12.5 held 16, 15, 11 but left one seed
+# at 94.95 % of normal; with NTR steps of beta 7.5 it keeps 95.7-97.0 % and holds 13, 14, 15
+# (docs/experiments/image-klu-fts-step.md). The released code's form of ICE (--loss ice-released) was not measured with
+# two steps and keeps three. ICE with NTR steps of beta 4 held 16, 11, 15 (no gain); beta 2.5 held 18 at seed 0, under
+# 95 % of FASHION; the Adam attacks were held only by runs without NTR, at chance on FASHION
+# (docs/experiments/image-adam-attacks.md).
 LOSS_PRESETS = {"cnn": {"ice": dict(nl_loop=2), "klu": dict(nl_loop=2, alpha=12.5, beta=7.5)}}
 
 
