@@ -11,6 +11,8 @@ import os
 import sys
 from dataclasses import fields
 
+import torch
+
 from sophon import distributed
 from sophon.config import SHARED, build, value_type
 from sophon.device import device_of
@@ -150,6 +152,9 @@ def parse(description: str, argv=None, kind=CLASSIFICATION, default_arch: str = 
     # --suite replaces the preset's --attacks, not attacks the user asked for (sophon.suites).
     args.attacks_given = "attacks" in given or bool(saved.get("attacks_given"))
     args.command = saved.get("command") or " ".join(command)
+    if args.threads:  # before any model or data: a CPU kernel's reduction order, hence its numbers, follows it
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()  # args.json records the count the run had, not "0: the default"
     return args, setting
 
 

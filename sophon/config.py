@@ -42,6 +42,9 @@ class RunConfig:
     notes: str = option("", "free text stored in args.json", resumable=True)
     precision: str = option("fp32", "autocast precision of training; losses stay fp32", choices=PRECISIONS)
     grad_checkpointing: bool = option(False, "gradient checkpointing for the causal LMs", resumable=True)
+    threads: int = option(0, "CPU threads of PyTorch's kernels (torch.set_num_threads); 0: PyTorch's default, one "
+                          "per core. On CPU the numbers depend on it (README, Reproducibility)", at_least=0,
+                          resumable=True)
 
 
 @dataclass

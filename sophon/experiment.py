@@ -105,6 +105,16 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
 
 
+def cell_key(cache_dir: Path, weights: str, task, attack: Attack, seed: int) -> Path:
+    """The cache file of one (weights, data, attack, seed) cell. On CPU the kernels' thread count is part of it:
+    it sets their reduction order, and one cell moved by 0.7 points between 1 and 2 threads (README,
+    Reproducibility), so a cell made with another count is run again, not reused."""
+    cell = [weights, getattr(task, "cache_key", ""), attack.to_dict(), seed]
+    if torch.device(getattr(task, "device", "cpu")).type == "cpu":
+        cell.append(torch.get_num_threads())
+    return cache_dir / (hashlib.sha256(json.dumps(cell).encode()).hexdigest()[:20] + ".json")
+
+
 def attack_curve(model, task, attack: Attack, seed: int, cache_dir: Path | None, weights: str,
                  artifacts=None, name: str = "", out_dir: Path | None = None) -> list[dict]:
     """One seeded attack; with cache_dir, a curve of identical (weights, data, attack, seed) is reused.
@@ -113,8 +123,7 @@ def attack_curve(model, task, attack: Attack, seed: int, cache_dir: Path | None,
     fine-tuned learner (sample grids) into `out_dir`; they are cached with the curve."""
     key = None
     if cache_dir is not None:
-        blob = json.dumps([weights, getattr(task, "cache_key", ""), attack.to_dict(), seed])
-        key = cache_dir / (hashlib.sha256(blob.encode()).hexdigest()[:20] + ".json")
+        key = cell_key(cache_dir, weights, task, attack, seed)
         cached_files = sorted(cache_dir.glob(key.stem + ".file.*"))
         if key.exists() and (artifacts is None or cached_files):
             for f in cached_files if artifacts is not None else []:

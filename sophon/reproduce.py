@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tune", type=int, default=DEFAULT_TUNE, help="Optuna trials of the tuned attacker (0: off)")
     p.add_argument("--root", default=RunConfig.root)
     p.add_argument("--device", default=RunConfig.device)
+    p.add_argument("--threads", type=int, default=RunConfig.threads,
+                   help="CPU threads of PyTorch's kernels for every step (0: one per core); the numbers depend on it")
     p.add_argument("--data_root", default=None, help="real datasets (the paper's presets need --arch too)")
     p.add_argument("--arch", default=None,
                    help="with one --setting: another model of that setting than its embedded preset (e.g. text: "
@@ -129,7 +131,8 @@ def _tuned(args, task, setting: str, model, run_dir: Path, trials: int) -> Attac
 
 def _argv(setting: str, opts) -> tuple[list[str], list[str]]:
     """(the setting's flags, the flags every step shares)."""
-    common = ["--root", opts.root, "--device", opts.device] + (["--data_root", opts.data_root] if opts.data_root else [])
+    common = ["--root", opts.root, "--device", opts.device, "--threads", str(opts.threads)]
+    common += ["--data_root", opts.data_root] if opts.data_root else []
     seeds = ["--seeds", str(opts.seeds)] + (["--separation_seeds", str(opts.separation_seeds)]
                                             if opts.separation_seeds else [])
     return ["--arch", arch_of(setting, opts), "--suite", opts.suite] + seeds + common, common

@@ -254,7 +254,8 @@ def pretrain(args) -> Path:
     out = Path(args.pretrained) if args.pretrained else pretrained_path(args)
     model.save_pretrained(str(out))
     metrics = {"test_mse": task.denoising_mse(model, test), "seconds": time.perf_counter() - start,
-               "steps": args.pretrain_steps, "bs": args.bs, "lr": args.pretrain_lr, "original": args.original}
+               "steps": args.pretrain_steps, "bs": args.bs, "lr": args.pretrain_lr, "original": args.original,
+               "threads": torch.get_num_threads()}  # on CPU the weights depend on it (README, Reproducibility)
     (out / "pretrain.json").write_text(json.dumps(metrics, indent=2))
     if args.n_samples:
         save_samples(model, args, out / "samples.png")

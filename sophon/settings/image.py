@@ -266,7 +266,8 @@ def pretrain(args) -> Path:
     meta = {"arch": args.arch, "original": args.original, "img_size": args.img_size, "cnn_width": args.cnn_width,
             "original_size": args.original_size, "epochs": args.pretrain_epochs, "lr": args.pretrain_lr,
             "bs": args.pretrain_bs, "init": args.pretrained or "random", "test_accuracy": acc,
-            "seconds": time.perf_counter() - start, "seed": seed}
+            "seconds": time.perf_counter() - start, "seed": seed,
+            "threads": torch.get_num_threads()}  # on CPU the weights depend on it (README, Reproducibility)
     checkpoint.save_model(path, model, meta)
     print(f"saved {path}")
     return path

@@ -328,7 +328,8 @@ def pretrain(args) -> Path:
     train_steps(lm.parameters(), loss_at, optimizer, schedule, args.steps, "pre-train tiny-gpt2")
     lm.eval()
     tiny_gpt2.save(folder, lm.cpu(), tokenizer)
-    corpus = {"original": args.original, "unlabelled": args.unlabelled, "texts": len(texts), "steps": args.steps}
+    corpus = {"original": args.original, "unlabelled": args.unlabelled, "texts": len(texts), "steps": args.steps,
+              "threads": torch.get_num_threads()}  # on CPU the weights depend on it (README, Reproducibility)
     (folder / "pretraining.json").write_text(json.dumps(corpus, indent=2))
     print(f"saved pre-trained tiny-gpt2 to {folder}")
     return folder
