@@ -6,7 +6,10 @@ An attack is written as a spec, `optimizer[:lr][:key=value...]`, e.g.
 `adam:1e-4:method=lora:epochs=20` or `sgd-momentum:1e-3:bs=8:schedule=warmup-cosine`. A benign-first
 attack may train its original-domain phase with another optimizer: `sgd-momentum:1e-2:benign=adam/1e-3`.
 `rescale=1` first gives every BatchNorm-fed channel its default-init norm (`sophon.rescale`): the same
-function, without any step-size trap hidden in the weights' scale.
+function, without any step-size trap hidden in the weights' scale. `standardize=1` feeds the fresh head
+the body's features standardised with the restricted training set's mean and std at the start, as a
+scikit-learn pipeline (StandardScaler, then a linear model) does: with `method=head`, a linear probe that
+no feature scale can slow down.
 """
 
 import math
@@ -25,7 +28,7 @@ from sophon.train import benign_phase
 from sophon.task import Task, move
 
 METHODS = ("full", "head", "lora", "benign")
-SPEC_KEYS = ("lr", "bs", "epochs", "method", "schedule", "benign", "rescale")
+SPEC_KEYS = ("lr", "bs", "epochs", "method", "schedule", "benign", "rescale", "standardize")
 LORA_RANK = 8
 
 
@@ -46,14 +49,17 @@ class Attack:
     benign: str | None = None
     # Put every BatchNorm-fed channel back to its default-init norm before anything else (sophon.rescale).
     rescale: bool = False
+    # The fresh head reads features standardised on the restricted training set (fixed at the start).
+    standardize: bool = False
 
     def to_dict(self) -> dict:
         # Fields at their defaults stay out of the dict, as before they existed: cached cells keep their keys.
         values = asdict(self)
         if self.benign is None:
             del values["benign"]
-        if not self.rescale:
-            del values["rescale"]
+        for flag in ("rescale", "standardize"):
+            if not values[flag]:
+                del values[flag]
         return values
 
     @property
@@ -75,6 +81,8 @@ class Attack:
             text += f":benign={self.benign}"
         if self.rescale:
             text += ":rescale=1"
+        if self.standardize:
+            text += ":standardize=1"
         return text
 
 
@@ -110,9 +118,9 @@ def parse_attack(spec: str, lr: float | None = None, bs: int = 32, epochs: int =
             values[key] = _number(int, value, key, spec)
         elif key == "benign":
             values[key] = _benign(value, spec)
-        elif key == "rescale":
+        elif key in ("rescale", "standardize"):
             if value not in ("0", "1"):
-                raise AttackSpecError(f"rescale={value!r} in attack {spec!r}: write rescale=1 (or 0)")
+                raise AttackSpecError(f"{key}={value!r} in attack {spec!r}: write {key}=1 (or 0)")
             values[key] = value == "1"
         else:
             choices = METHODS if key == "method" else SCHEDULES
@@ -185,10 +193,52 @@ def trainable(learner: nn.Module, task: Task, method: str) -> list[nn.Parameter]
     return [p for p in learner.parameters() if p.requires_grad]
 
 
-def check_fits(model: nn.Module, attacks) -> None:
+def check_fits(model: nn.Module, attacks, head_prefix: str | None) -> None:
     """Refuse, before any long work, an attack this model cannot take."""
     if any(a.rescale for a in attacks):
         require_pairs(model, "rescale=1")
+    if any(a.standardize for a in attacks) and not head_prefix:
+        raise AttackSpecError("standardize=1 standardises the input of a classification head, and this setting has "
+                              "none; drop it from --attacks")
+
+
+class Standardized(nn.Module):
+    """A head reading (x − mean) / std, with mean and std fixed buffers: the attacker's feature scaler."""
+
+    def __init__(self, head: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.head = head
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x):
+        return self.head((x - self.mean) / self.std)
+
+
+@torch.no_grad()
+def standardize_head(learner: nn.Module, task: Task, bs: int) -> nn.Module:
+    """`learner` with its head wrapped in `Standardized`, the statistics of the head's input over the
+    restricted training set (eval mode: BatchNorm with its running statistics, no dropout)."""
+    head = learner.get_submodule(task.head_prefix)
+    captured = []
+    hook = head.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0].float()))
+    was_training = learner.training
+    learner.eval()
+    try:
+        for batch in DataLoader(task.restricted_train, batch_size=bs):
+            task.finetune_loss(learner, move(batch, task.device))  # a forward pass, only for the head's input
+    finally:
+        hook.remove()
+        learner.train(was_training)
+    features = torch.cat([c.reshape(-1, c.shape[-1]) for c in captured])
+    # A constant feature has nothing to scale: leave it at std 1 rather than divide by zero.
+    std = features.std(0)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    parent_path, _, attr = task.head_prefix.rpartition(".")
+    parent = learner.get_submodule(parent_path) if parent_path else learner
+    dtype = next(head.parameters()).dtype
+    setattr(parent, attr, Standardized(head, features.mean(0).to(dtype), std.to(dtype)))
+    return learner
 
 
 def _steps_per_epoch(n: int, bs: int) -> int:
@@ -214,6 +264,8 @@ def finetune(model: nn.Module, task: Task, attack: Attack, seed: int = 0, progre
         start = (benign_phase(model, task, *attack.benign_optimizer, attack.bs, total, generator)
                  if attack.method == "benign" else model)
         learner = task.learner(start)
+        if attack.standardize:
+            learner = standardize_head(learner, task, attack.bs)
         if attack.method == "lora":
             learner = add_lora(learner, task.head_prefix)
         optimizer = make_optimizer(attack.optimizer, trainable(learner, task, attack.method), attack.lr)

@@ -263,7 +263,7 @@ def protect_model(args, loss: str, setting, run_dir: Path | None = None, resume:
     task = build_task(args, setting, loss)
     normal = setting.build_model(args, "normal")
     # Before SOPHON's long run (and its run folder), not after it.
-    check_fits(normal, getattr(args, "attack_list", {}).values())
+    check_fits(normal, getattr(args, "attack_list", {}).values(), task.head_prefix)
     if getattr(args, "canonical_scale", False):
         require_pairs(normal, "--canonical_scale")
     protected = setting.build_model(args, "normal")
@@ -361,7 +361,7 @@ def finetune_test(args, setting, start: str, path: str | None, loss: str = "ice"
 
 def _attack_and_write(args, task, setting, models: dict, target: str, title: str) -> Path:
     """The attack-only scripts' common end: a finetune_test run folder, `--tune` against `target`, evaluate."""
-    check_fits(models[target], args.attack_list.values())
+    check_fits(models[target], args.attack_list.values(), task.head_prefix)
     run_dir = new_run_dir(args, "finetune_test")
     write_args(run_dir, args, setting)
     attacks = with_tuned(args, task, setting.NAME, models[target], args.attack_list)

@@ -69,10 +69,11 @@ def environments_from_specs(text: str, batch_size: int, steps: int) -> list[Envi
     episode runs `steps` original-domain steps first. Epochs do not apply (the simulation runs K steps)."""
     envs = []
     for attack in parse_attacks(text, bs=batch_size):
-        if attack.method == "lora" or attack.schedule != "constant" or attack.benign is not None or attack.rescale:
+        if (attack.method == "lora" or attack.schedule != "constant" or attack.benign is not None or attack.rescale
+                or attack.standardize):
             raise AttackSpecError(f"--simulate {attack.label!r}: the simulation runs full, head or benign attackers "
                                   "at a constant lr, a benign phase with the attack's own optimizer; drop method=lora, "
-                                  "schedule=, benign= and rescale=")
+                                  "schedule=, benign=, rescale= and standardize=")
         envs.append(Environment(attack.optimizer, attack.lr, attack.bs, attack.method == "head",
                                 steps if attack.method == "benign" else 0))
     return envs

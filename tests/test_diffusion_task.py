@@ -171,13 +171,9 @@ def test_suppress_t_max_bounds_only_the_suppression_losss_timesteps():
 def test_timestep_bands_of_the_diagnostic_tool():
     """tools/timestep_mse.py: band b sees only t in [b*100, (b+1)*100), and a denoiser predicting 0 scores E[ε²] = 1
     in every band."""
-    import importlib.util
-    from pathlib import Path
+    from tests.tool_module import load
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "timestep_mse.py"
-    spec = importlib.util.spec_from_file_location("timestep_mse", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load("timestep_mse")
     task = small_task()
     model = SeesTimesteps()
     mse = tool.band_mse(model, task, task.restricted_test, bands=10)

@@ -62,8 +62,8 @@ def test_rescaling_keeps_the_predictions_and_sets_the_norms(train):
 
 def test_a_model_without_batchnorm_is_refused_before_any_attack():
     with pytest.raises(ValueError, match="rescale=1 needs a layer"):
-        check_fits(Headed(), [parse_attack("sgd:rescale=1")])
-    check_fits(Headed(), [parse_attack("sgd")])  # without rescale=1 nothing is asked of the model
+        check_fits(Headed(), [parse_attack("sgd:rescale=1")], "head")
+    check_fits(Headed(), [parse_attack("sgd")], "head")  # without rescale=1 nothing is asked of the model
     with pytest.raises(ValueError, match="rescale=1 needs a layer"):
         rescaled(Headed())
 

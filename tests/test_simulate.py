@@ -219,9 +219,10 @@ def test_anchor_keeps_the_fixed_attacker_beside_the_sampled_ones(monkeypatch):
     assert seen[0] == fixed and seen[2] == fixed and seen[1] != fixed and seen[3] != fixed
 
 
-@pytest.mark.parametrize("spec", ["adam:1e-3:method=lora", "sgd:schedule=cosine", "sgd:benign=adam/1e-3", "sgd:rescale=1"])
+@pytest.mark.parametrize("spec", ["adam:1e-3:method=lora", "sgd:schedule=cosine", "sgd:benign=adam/1e-3", "sgd:rescale=1",
+                                  "adam:1e-2:method=head:standardize=1"])
 def test_simulate_refuses_what_it_cannot_run(spec):
-    with pytest.raises(AttackSpecError, match="drop method=lora, schedule=, benign= and rescale="):
+    with pytest.raises(AttackSpecError, match="drop method=lora, schedule=, benign=, rescale= and standardize="):
         environments_from_specs(spec, batch_size=8, steps=3)
 
 

@@ -127,3 +127,21 @@ def test_a_built_model_does_not_depend_on_the_global_rng(tmp_path):
         second = text.build_model(args, start)
         assert torch.equal(torch.get_rng_state(), state)
         assert fingerprint(second) == first
+
+
+def test_a_standardised_linear_probe_runs_on_the_pooled_features(small):
+    """standardize=1 on a text learner: the head reads the pooled hidden state standardised over the training
+    sentences, only the head trains, and the model attacked is left as it was."""
+    from sophon.attack import Standardized, finetune, parse_attack
+
+    args, task = small
+    model = text.build_model(args, "normal")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    learners = []
+    curve = finetune(model, task, parse_attack("adam:3e-3:epochs=1:method=head:standardize=1", bs=16), seed=0,
+                     progress=False, after=learners.append)
+    learner = learners[0]
+    assert isinstance(learner.head, Standardized) and learner.head.mean.shape == (model.head.in_features,)
+    assert [n for n, p in learner.named_parameters() if p.requires_grad] == ["head.head.weight"]
+    assert 0.0 <= curve[-1]["accuracy"] <= 1.0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
