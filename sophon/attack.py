@@ -25,7 +25,7 @@ from sophon.precision import of as precision_of, optimizer_step
 from sophon.rescale import require_pairs, rescaled
 from sophon.rng import seeded
 from sophon.train import benign_phase
-from sophon.task import Task, move
+from sophon.task import Task, head_inputs, move, set_head
 
 METHODS = ("full", "head", "lora", "benign")
 SPEC_KEYS = ("lr", "bs", "epochs", "method", "schedule", "benign", "rescale", "standardize")
@@ -220,25 +220,20 @@ def standardize_head(learner: nn.Module, task: Task, bs: int) -> nn.Module:
     """`learner` with its head wrapped in `Standardized`, the statistics of the head's input over the
     restricted training set (eval mode: BatchNorm with its running statistics, no dropout)."""
     head = learner.get_submodule(task.head_prefix)
-    captured = []
-    hook = head.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0].float()))
     was_training = learner.training
     learner.eval()
     try:
-        for batch in DataLoader(task.restricted_train, batch_size=bs):
-            task.finetune_loss(learner, move(batch, task.device))  # a forward pass, only for the head's input
+        with head_inputs(learner, task.head_prefix) as captured:
+            for batch in DataLoader(task.restricted_train, batch_size=bs):
+                task.finetune_loss(learner, move(batch, task.device))  # a forward pass, only for the head's input
     finally:
-        hook.remove()
         learner.train(was_training)
-    features = torch.cat([c.reshape(-1, c.shape[-1]) for c in captured])
+    features = torch.cat([c.float().reshape(-1, c.shape[-1]) for c in captured])
     # A constant feature has nothing to scale: leave it at std 1 rather than divide by zero.
     std = features.std(0)
     std = torch.where(std > 1e-8, std, torch.ones_like(std))
-    parent_path, _, attr = task.head_prefix.rpartition(".")
-    parent = learner.get_submodule(parent_path) if parent_path else learner
     dtype = next(head.parameters()).dtype
-    setattr(parent, attr, Standardized(head, features.mean(0).to(dtype), std.to(dtype)))
-    return learner
+    return set_head(learner, task.head_prefix, Standardized(head, features.mean(0).to(dtype), std.to(dtype)))
 
 
 def _steps_per_epoch(n: int, bs: int) -> int:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from sophon.task import Batch
+from sophon.task import Batch, head_inputs
 
 # Ridge predictions of one-hot targets lie around [0, 1]; as logits they are scaled so that a probe that
 # fits perfectly is confident (a gap of 10 is p = 0.9995 over 10 classes), as a trained softmax head is.
@@ -62,12 +62,8 @@ def probe_loss(task, learner: nn.Module, support: Batch, query: Batch, ridge: fl
     `learner` is an attacker's copy of θ (fresh head, in eval mode as a linear probe keeps it); the
     loss is differentiable in the learner's body parameters."""
     head = learner.get_submodule(task.head_prefix)
-    captured = []
-    hook = head.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0]))
-    try:
+    with head_inputs(learner, task.head_prefix) as captured:
         task.finetune_loss(learner, support)  # a forward pass, only for the head's input
-    finally:
-        hook.remove()
     weight, bias = ridge_head(captured[0], support[-1], head.out_features, ridge, head.bias is not None)
     overrides = {f"{task.head_prefix}.weight": LOGIT_SCALE * weight.to(head.weight.dtype)}
     if bias is not None:

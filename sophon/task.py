@@ -4,6 +4,7 @@
 these few members and gets the whole loop, the attacks and the reports for free.
 """
 
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
@@ -90,12 +91,28 @@ def split_batch(batch: Batch, query_fraction: float, generator: torch.Generator)
     return index_batch(batch, order[n_query:]), index_batch(batch, order[:n_query])
 
 
+def set_head(model: nn.Module, head_prefix: str, new_head: nn.Module) -> nn.Module:
+    """Swap, in place, the submodule at `head_prefix` (e.g. "head") for `new_head`."""
+    parent_path, _, attr = head_prefix.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, new_head)
+    return model
+
+
 def replace_head(model: nn.Module, head_prefix: str, new_head: nn.Module) -> nn.Module:
-    """Deep-copy `model` and swap the submodule at `head_prefix` (e.g. "head") for `new_head`."""
+    """Deep-copy `model` and swap the submodule at `head_prefix` for `new_head`."""
     import copy
 
-    learner = copy.deepcopy(model)
-    parent_path, _, attr = head_prefix.rpartition(".")
-    parent = learner.get_submodule(parent_path) if parent_path else learner
-    setattr(parent, attr, new_head.to(next(model.parameters()).device))
-    return learner
+    return set_head(copy.deepcopy(model), head_prefix, new_head.to(next(model.parameters()).device))
+
+
+@contextmanager
+def head_inputs(model: nn.Module, head_prefix: str):
+    """Within the block, every forward pass appends the head's input to the yielded list."""
+    captured = []
+    hook = model.get_submodule(head_prefix).register_forward_pre_hook(
+        lambda _module, inputs: captured.append(inputs[0]))
+    try:
+        yield captured
+    finally:
+        hook.remove()
